@@ -1,0 +1,166 @@
+"""`personaguard` command line: thin shims over each stage's `run(config)`.
+
+Every command takes `--config FILE.yaml` and `--set key=value` overrides; problems print one
+`error: ...` line and exit with status 2. Heavy libraries load only inside commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import PersonaguardError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Behavioural guardrails for persona LLMs as LoRA adapters.")
+guardrails_app = typer.Typer(no_args_is_help=True, help="List, show and add guardrail definitions.")
+app.add_typer(guardrails_app, name="guardrails")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
+SetOpt = typer.Option(None, "--set", help="Override a config field: key=value (repeatable; dotted keys for sections).")
+
+
+def _overrides(sets: Optional[list[str]], **fields) -> list[str]:
+    return list(sets or []) + [f"{k}={v}" for k, v in fields.items() if v is not None]
+
+
+@app.command()
+def pipeline(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    start_step: int = typer.Option(1, help="First step: 1 generate, 2 train, 3 evaluate."),
+    end_step: int = typer.Option(3, help="Last step."),
+):
+    """Run generate -> train -> evaluate for every guardrail in the config and print the summary."""
+    from . import pipeline as pipeline_mod
+    from .config import PipelineConfig, load_config
+
+    cfg = load_config(PipelineConfig, config, set_)
+    res = pipeline_mod.run(cfg, start_step, end_step, source=str(config or "config"))
+    if res.metrics:
+        typer.echo((res.run_dir / "summary.md").read_text(encoding="utf-8"))
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+@app.command()
+def generate(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    guardrail: Optional[str] = typer.Option(None, help="Guardrail name or YAML path."),
+    n: Optional[int] = typer.Option(None, help="Total examples (train+validation+test)."),
+    variation: Optional[str] = typer.Option(None, help="vary_all | fixed_character | fixed_history | semi_fixed"),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    out_dir: Optional[str] = typer.Option(None, help="Output folder."),
+):
+    """Generate synthetic preference data (resumable JSONL + train/validation/test split)."""
+    from . import generate as generate_mod
+    from .config import GenerateConfig, load_config
+
+    cfg = load_config(GenerateConfig, config, _overrides(set_, guardrail=guardrail, n=n, variation=variation, seed=seed, out_dir=out_dir))
+    res = generate_mod.run(cfg)
+    typer.echo(f"{res.data_dir}: {res.counts}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    data_dir: Optional[str] = typer.Option(None, help="Folder with train.jsonl/validation.jsonl."),
+    out_dir: Optional[str] = typer.Option(None, help="Adapter output folder."),
+    guardrail: Optional[str] = typer.Option(None, help="Guardrail name or YAML path."),
+    model: Optional[str] = typer.Option(None, help="Base model (embedded name, folder or HF id)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
+):
+    """Train one LoRA adapter with ORPO (writes a PEFT adapter folder + metrics.csv)."""
+    from . import train as train_mod
+    from .config import TrainConfig, load_config
+
+    over = _overrides(set_, data_dir=data_dir, out_dir=out_dir, guardrail=guardrail, model=model)
+    if resume:
+        over.append("resume=true")
+    cfg = load_config(TrainConfig, config, over)
+    res = train_mod.run(cfg)
+    typer.echo(f"adapter saved to {res.adapter_dir} ({res.steps} steps, {res.seconds:.0f}s)")
+
+
+@app.command()
+def evaluate(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    data: Optional[str] = typer.Option(None, help="Snapshot JSONL file."),
+    adapter: Optional[str] = typer.Option(None, help="PEFT adapter folder."),
+    guardrail: Optional[str] = typer.Option(None, help="Guardrail whose label is triggering."),
+    model: Optional[str] = typer.Option(None, help="Base model."),
+    out_dir: Optional[str] = typer.Option(None, help="Output folder."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate at most N items."),
+):
+    """Evaluate with/without adapter on any Snapshot JSONL; writes metrics.json, predictions.jsonl, report.md."""
+    from . import evaluate as evaluate_mod
+    from .config import EvaluateConfig, load_config
+
+    over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit)
+    if adapter is None and not any(s.startswith("adapter=") for s in over) and config is None:
+        over.append("settings=[none]")
+    cfg = load_config(EvaluateConfig, config, over)
+    res = evaluate_mod.run(cfg)
+    typer.echo((res.out_dir / "report.md").read_text(encoding="utf-8").split("## Tag rate")[0])
+
+
+@app.command()
+def models():
+    """List the models usable without a download."""
+    from .models import list_models
+
+    for row in list_models():
+        typer.echo(f"{row['name']}\t{row['status']}\t{row['source']}")
+
+
+@guardrails_app.command("list")
+def guardrails_list(dir_: Optional[str] = typer.Option(None, "--dir", help="Extra folder of guardrail YAML files.")):
+    """Known guardrails (built-in and user)."""
+    from .guardrails import registry
+
+    for name, g in registry([dir_] if dir_ else None).items():
+        typer.echo(f"{name}\t{g.trigger[:90]}")
+
+
+@guardrails_app.command("show")
+def guardrails_show(name: str, dir_: Optional[str] = typer.Option(None, "--dir", help="Extra folder of guardrail YAML files.")):
+    """Print one guardrail definition as YAML."""
+    from .config import dump_yaml
+    from .guardrails import get_guardrail
+
+    typer.echo(dump_yaml(get_guardrail(name, [dir_] if dir_ else None)))
+
+
+@guardrails_app.command("add")
+def guardrails_add(file: Path):
+    """Validate a guardrail YAML (name, trigger, resolution[, tag]) and add it to the user folder."""
+    from .guardrails import add_guardrail
+
+    typer.echo(f"added {add_guardrail(file)}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PersonaguardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:  # --help and friends
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

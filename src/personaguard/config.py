@@ -1,0 +1,163 @@
+"""Typed configuration for every stage, loaded from YAML with `--set key=value` overrides.
+
+Each stage has its own pydantic model (`extra="forbid"`, a description on every field); the
+pipeline config nests them. Errors come out as one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import PersonaguardError
+from .guardrails import format_validation_error
+from .models import EMBEDDED
+
+Variation = Literal["vary_all", "fixed_character", "fixed_history", "semi_fixed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class GenerateConfig(_Strict):
+    guardrail: str = Field("politics", description="Guardrail name or YAML path.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    backend: Literal["offline"] = Field("offline", description="Data source; 'offline' draws from the packaged pools.")
+    variation: Variation = Field("vary_all", description="Which snapshot fields vary between examples.")
+    n: int = Field(400, ge=4, description="Total examples (train + validation + test).")
+    trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
+    hard_negative_share: float = Field(0.3, ge=0, le=1, description="Share of neutral examples that are near-miss messages.")
+    cross_negative_share: float = Field(0.0, ge=0, le=1, description="Share of neutral examples whose message triggers another guardrail.")
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
+    seed: int = Field(0, description="Seed: the same seed gives the same data.")
+    out_dir: str = Field("runs/data", description="Output folder; files go to {out_dir}/{guardrail}_{variation}/.")
+
+
+class TrainConfig(_Strict):
+    model: str = Field(EMBEDDED, description="Base model: embedded name, local folder or HF id.")
+    guardrail: str = Field("politics", description="Guardrail name or YAML path (saved next to the adapter).")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    data_dir: str = Field(..., description="Folder with train.jsonl (and validation.jsonl) from `generate`.")
+    out_dir: str = Field(..., description="Adapter output folder (PEFT format).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | str = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
+    orpo_lambda: float = Field(0.1, ge=0, description="Weight of the odds-ratio term (ORPO's lambda/beta).")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Pairs per device step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of the steps.")
+    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (oldest history first).")
+    max_reply_tokens: int = Field(64, ge=4, description="Chosen/rejected replies are cut to this.")
+    logging_steps: int = Field(5, ge=1, description="Log (and write metrics.csv) every N steps.")
+    eval_steps: int = Field(0, ge=0, description="Validation loss every N steps (0 = once per epoch).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for --resume).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    resume: bool = Field(False, description="Continue from the newest checkpoint in out_dir.")
+    seed: int = Field(0, description="Training seed.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (CUDA + bitsandbytes).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (big models on GPU).")
+    report_to: list[str] = Field(default_factory=list, description="transformers report_to integrations (e.g. tensorboard, wandb).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.load_in_4bit and self.device == "cpu":
+            raise ValueError("load_in_4bit needs device 'cuda' or 'auto' on a GPU machine; set load_in_4bit: false on CPU")
+        return self
+
+
+class EvaluateConfig(_Strict):
+    model: str = Field(EMBEDDED, description="Base model the adapter was trained on.")
+    adapter: str | None = Field(None, description="PEFT adapter folder (or a checkpoint-N inside it).")
+    guardrail: str = Field("politics", description="Guardrail whose label counts as triggering.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data).")
+    out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
+    settings: list[Literal["none", "adapter"]] = Field(["none", "adapter"], description="Which conditions to run.")
+    max_new_tokens: int = Field(40, ge=4, description="Reply length generated per item.")
+    batch_size: int = Field(16, ge=1, description="Items per generation batch.")
+    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
+    limit: int = Field(0, ge=0, description="Evaluate at most this many items (0 = all).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
+    load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateConfig":
+        if "adapter" in self.settings and not self.adapter:
+            raise ValueError("settings includes 'adapter' but no adapter folder is given; set adapter or use settings: [none]")
+        return self
+
+
+class PipelineConfig(_Strict):
+    model: str = Field(EMBEDDED, description="Base model for every stage.")
+    guardrails: list[str] = Field(["politics"], min_length=1, description="Guardrails to build, one adapter each.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    run_dir: str = Field("runs/quickstart", description="Everything goes under this folder.")
+    generate: dict = Field(default_factory=dict, description="GenerateConfig fields (guardrail/out_dir are filled in).")
+    train: dict = Field(default_factory=dict, description="TrainConfig fields (model/data/out are filled in).")
+    evaluate: dict = Field(default_factory=dict, description="EvaluateConfig fields (model/adapter/data/out are filled in).")
+    extra_eval_data: list[str] = Field(default_factory=list, description="More Snapshot JSONL files to evaluate each adapter on.")
+
+
+def _set_path(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise PersonaguardError(f"--set {dotted}: '{k}' is not a section")
+    cur[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`key.sub=value` pairs; values are parsed as YAML scalars/lists (`lr=1e-3`, `x=[a,b]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise PersonaguardError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def load_yaml(path: str | Path | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise PersonaguardError(f"{p}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise PersonaguardError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PersonaguardError(f"{p}: expected a mapping of config fields at the top level")
+    return data
+
+
+def build(model: type[BaseModel], data: dict, source: str = "config"):
+    """Validate `data` as `model`; one-line error naming the source and the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PersonaguardError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None, **defaults):
+    data = {**defaults, **load_yaml(path)}
+    apply_overrides(data, overrides or [])
+    return build(model, data, str(path) if path else "config")
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

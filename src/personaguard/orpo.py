@@ -1,0 +1,114 @@
+"""ORPO loss and the shared-prefix packing it trains on.
+
+Loss (Hong et al. 2024): NLL(chosen) + lambda * -log sigmoid(log_odds), with
+log_odds = log(p_c / (1 - p_c)) - log(p_r / (1 - p_r)) and p = exp(mean per-token log-prob of the
+reply). Prompt tokens are never scored.
+
+Why our own packing instead of TRL's ORPOTrainer: chosen and rejected share one prompt, and persona
+prompts (system + memories + history) are several times longer than the replies. TRL runs
+prompt+chosen and prompt+rejected as two sequences; we run ONE sequence [prompt | chosen | rejected]
+where a 4-D attention mask hides the chosen tokens from the rejected ones and the rejected
+positions restart right after the prompt, so the prompt is encoded once. The logits are identical
+to the two-sequence computation (tests/test_orpo.py checks this); bench/orpo_step.py measures the
+speed-up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012)."""
+    return torch.where(x > -0.6931472, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example odds-ratio loss (-log sigmoid(log_odds)) and log_odds, from mean token log-probs."""
+    c, r = chosen_logps.float(), rejected_logps.float()
+    log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
+    return -F.logsigmoid(log_odds), log_odds
+
+
+def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1) -> dict[str, torch.Tensor]:
+    """Batch ORPO loss plus the parts worth logging (all batch means)."""
+    or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
+    nll = -chosen_logps.float().mean()
+    return {
+        "loss": nll + lam * or_loss.mean(),
+        "nll": nll,
+        "or_loss": or_loss.mean(),
+        "log_odds": log_odds.mean(),
+        "chosen_logp": chosen_logps.float().mean(),
+        "rejected_logp": rejected_logps.float().mean(),
+        "reward_acc": (chosen_logps > rejected_logps).float().mean(),
+    }
+
+
+def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Collate {prompt_ids, chosen_ids, rejected_ids} rows into shared-prefix sequences.
+
+    Returns input_ids/position_ids [B, L], `allow` [B, L, L] (True where attention is allowed) and,
+    for each reply, the positions whose logits predict it (`*_src`), the tokens (`*_tgt`) and a mask.
+    """
+    B = len(features)
+    L = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)
+    Cm = max(len(f["chosen_ids"]) for f in features)
+    Rm = max(len(f["rejected_ids"]) for f in features)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    allow = torch.zeros((B, L, L), dtype=torch.bool)
+    out = {k: torch.zeros((B, n), dtype=torch.long) for k, n in (("c_src", Cm), ("c_tgt", Cm), ("r_src", Rm), ("r_tgt", Rm))}
+    c_mask = torch.zeros((B, Cm), dtype=torch.bool)
+    r_mask = torch.zeros((B, Rm), dtype=torch.bool)
+    causal = torch.tril(torch.ones((L, L), dtype=torch.bool))
+    for b, f in enumerate(features):
+        p, c, r = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
+        P, C, R = len(p), len(c), len(r)
+        n = P + C + R
+        input_ids[b, :n] = torch.tensor(p + c + r)
+        position_ids[b, : P + C] = torch.arange(P + C)
+        position_ids[b, P + C : n] = torch.arange(P, P + R)
+        allow[b, :n, :n] = causal[:n, :n]
+        allow[b, P + C : n, P : P + C] = False  # rejected never sees chosen
+        idx = torch.arange(n, L)
+        allow[b, idx, idx] = True  # padding rows attend to themselves only (no NaN rows)
+        # token t of a reply is predicted by the position before it; the first token of BOTH replies
+        # is predicted by the last prompt position.
+        out["c_src"][b, :C] = torch.arange(P - 1, P + C - 1)
+        out["c_tgt"][b, :C] = torch.tensor(c)
+        c_mask[b, :C] = True
+        out["r_src"][b, :R] = torch.tensor([P - 1] + list(range(P + C, P + C + R - 1)))
+        out["r_tgt"][b, :R] = torch.tensor(r)
+        r_mask[b, :R] = True
+    return {"input_ids": input_ids, "position_ids": position_ids, "allow": allow, **out, "c_mask": c_mask, "r_mask": r_mask}
+
+
+def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L, L] bool -> [B, 1, L, L] additive float mask (0 keep, dtype-min drop), as HF expects."""
+    mask = torch.zeros(allow.shape, dtype=dtype, device=allow.device)
+    mask.masked_fill_(~allow, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-prob of each reply's tokens; only the scored rows go through log_softmax."""
+    rows = torch.gather(logits, 1, src[..., None].expand(-1, -1, logits.shape[-1]))
+    logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
+    m = mask.to(logp.dtype)
+    return (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def packed_forward(model, batch: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
+    """One forward pass over packed pairs -> ORPO loss dict."""
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    out = model(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        attention_mask=additive_mask(batch["allow"], dtype),
+        use_cache=False,
+    )
+    chosen = mean_reply_logps(out.logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
+    rejected = mean_reply_logps(out.logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
+    return orpo_loss(chosen, rejected, lam)

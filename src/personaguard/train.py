@@ -1,0 +1,203 @@
+"""Train one guardrail LoRA adapter with ORPO.
+
+Usage:
+    personaguard train --config configs/quickstart.yaml --set train.data_dir=... --set train.out_dir=...
+    python -c "from personaguard.train import run; run(TrainConfig(data_dir=..., out_dir=...))"
+
+Built on `transformers.Trainer` (so accelerate/DeepSpeed launch, checkpoints, `--resume` and
+`report_to` work as usual) with our own loss: shared-prefix packing of chosen and rejected
+(see orpo.py). Output: a PEFT adapter folder + config.yaml + guardrail.yaml + metrics.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, dump_yaml
+from .errors import PersonaguardError
+from .guardrails import get_guardrail
+from .schema import Example, read_jsonl, write_text_atomic
+
+METRIC_COLUMNS = [
+    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc",
+    "learning_rate", "grad_norm", "eval_loss", "eval_nll", "eval_or_loss", "eval_log_odds",
+    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc",
+]
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float | None
+
+
+def tokenize_examples(examples: list[Example], tokenizer, cfg: TrainConfig) -> list[dict]:
+    from .prompt import prompt_ids, reply_ids
+
+    return [
+        {
+            "prompt_ids": prompt_ids(tokenizer, ex, cfg.max_prompt_tokens),
+            "chosen_ids": reply_ids(tokenizer, ex.chosen, cfg.max_reply_tokens),
+            "rejected_ids": reply_ids(tokenizer, ex.rejected, cfg.max_reply_tokens),
+        }
+        for ex in examples
+    ]
+
+
+def _make_trainer_classes():
+    """Defined lazily so importing this module does not import torch/transformers."""
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    from .orpo import pack_pairs, packed_forward
+
+    class ORPOTrainer(Trainer):
+        """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
+
+        def __init__(self, *args, orpo_lambda: float = 0.1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.orpo_lambda = orpo_lambda
+            self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+            self._counts = {"train": 0, "eval": 0}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            parts = packed_forward(model, inputs, self.orpo_lambda)
+            split = "train" if model.training else "eval"
+            for k, v in parts.items():
+                if k != "loss":
+                    self._sums[split][k] = self._sums[split].get(k, 0.0) + float(v.detach())
+            self._counts[split] += 1
+            if return_outputs:
+                return parts["loss"], {"logits": parts["log_odds"].detach()[None]}
+            return parts["loss"]
+
+        def log(self, logs, *args, **kwargs):
+            split, prefix = ("eval", "eval_") if "eval_loss" in logs else ("train", "")
+            if ("loss" in logs or split == "eval") and self._counts[split]:
+                for k, v in self._sums[split].items():
+                    logs[prefix + k] = round(v / self._counts[split], 6)
+                self._sums[split], self._counts[split] = {}, 0
+            super().log(logs, *args, **kwargs)
+
+    class MetricsCSV(TrainerCallback):
+        """Appends every log event to metrics.csv (fsync'd; survives a crash, continues on resume)."""
+
+        def __init__(self, path: Path):
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            new = not self.path.exists()
+            with self.path.open("a", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def collate(pad_id):
+        return lambda feats: pack_pairs(feats, pad_id)
+
+    return ORPOTrainer, MetricsCSV, collate, torch
+
+
+def _lora_model(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
+    from transformers import TrainingArguments, set_seed
+
+    from .models import LoadOptions, load_model, pick_device
+
+    guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
+    data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
+    train_rows = read_jsonl(data_dir / "train.jsonl", Example)
+    if not train_rows:
+        raise PersonaguardError(f"{data_dir / 'train.jsonl'}: no training examples")
+    val_path = data_dir / "validation.jsonl"
+    val_rows = read_jsonl(val_path, Example) if val_path.is_file() else []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_ckpt = any(out_dir.glob("checkpoint-*"))
+    if not cfg.resume:
+        (out_dir / "metrics.csv").unlink(missing_ok=True)
+
+    ORPOTrainer, MetricsCSV, collate, torch = _make_trainer_classes()
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _lora_model(model, cfg)
+
+    train_feats = tokenize_examples(train_rows, tok, cfg)
+    val_feats = tokenize_examples(val_rows, tok, cfg) if val_rows else None
+    bf16 = device.startswith("cuda") and cfg.precision in ("auto", "bf16")
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
+        lr_scheduler_type="linear",
+        logging_steps=cfg.logging_steps,
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if val_feats else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        fp16=device.startswith("cuda") and cfg.precision == "fp16",
+        remove_unused_columns=False,
+        label_names=["c_tgt"],
+        dataloader_pin_memory=False,
+        report_to=cfg.report_to or "none",
+        disable_tqdm=False,
+    )
+    trainer = ORPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_feats,
+        eval_dataset=val_feats,
+        data_collator=collate(tok.pad_token_id),
+        callbacks=[MetricsCSV(out_dir / "metrics.csv")],
+        orpo_lambda=cfg.orpo_lambda,
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
+    seconds = time.perf_counter() - t0
+    trainer.model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
+    write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
+    summary = {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
+               "train_examples": len(train_feats), "device": device}
+    write_text_atomic(out_dir / "train_result.json", json.dumps(summary, indent=2))
+    return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
