@@ -68,11 +68,11 @@ def format_validation_error(exc: ValidationError) -> str:
     """Pydantic's multi-line report folded into one line: `field a.b: message; ...`."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
-        msg = err["msg"]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"field '{loc}': {msg}")
+        parts.append(f"field '{loc}': {msg}" if loc else msg)
     return "; ".join(parts)
 
 
