@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from personaguard.config import EvaluateConfig, TrainConfig
+from personaguard.metrics import detection_metrics
+from personaguard.schema import write_jsonl_atomic
+from tests.test_train import make_examples
+
+
+def _row(label, reply, score):
+    return {"label": label, "reply": reply, "guard_score": score, "guard_seconds": 0.1, "reply_seconds": 0.2}
+
+
+def test_detection_metrics_by_hand():
+    rows = [
+        _row("politics", "<guard> no politics", 0.9),
+        _row("politics", "sure, I vote X", 0.4),
+        _row("none", "haha nice", 0.1),
+        _row("none", "ok <guard> weird", 0.5),
+        _row("meeting", "<guard> can't meet", 0.3),
+    ]
+    m = detection_metrics(rows, "politics", "<guard>")
+    assert m["tag_rate"] == 0.5
+    assert m["false_tag_rate"] == 0.5  # tag anywhere in a neutral reply counts
+    assert m["precision"] == 0.5  # 1 TP, 1 FP (meeting reply starts with the tag)
+    assert m["recall"] == 0.5
+    # scores: pos {0.9, 0.4}, neg {0.1, 0.5, 0.3}: 5 of 6 pairs ordered correctly
+    assert m["auroc"] == pytest.approx(5 / 6)
+    assert m["per_label"]["meeting"] == {"n": 1, "tag_rate": 1.0}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    from personaguard import train
+
+    root = tmp_path_factory.mktemp("ev")
+    write_jsonl_atomic(root / "data" / "train.jsonl", make_examples(8))
+    write_jsonl_atomic(root / "data" / "test.jsonl", make_examples(6))
+    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=2, batch_size=4))
+    return root
+
+
+def test_evaluate_writes_outputs(tiny_model_dir, trained):
+    from personaguard import evaluate
+
+    out = trained / "eval"
+    res = evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"),
+                                      out_dir=str(out), max_new_tokens=6, batch_size=4))
+    assert set(res.metrics) == {"none", "adapter"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["adapter"]["n_triggering"] == 3 and metrics["settings"]["adapter"]["n_neutral"] == 3
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 12 and all(0.0 <= p["guard_score"] <= 1.0 for p in preds)
+    assert "| adapter |" in (out / "report.md").read_text()
+    # the 'none' setting really disables the adapter: scores differ once LoRA B is non-zero
+    by = {(p["id"], p["setting"]): p["guard_score"] for p in preds}
+    assert any(abs(by[(i, "none")] - by[(i, "adapter")]) > 0 for i, _ in by)
+
+
+def test_guard_score_is_tag_probability(tiny_model_dir):
+    import torch
+
+    from personaguard.inference import guard_scores, tag_token_ids
+    from personaguard.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    prompts = [[1, 5, 9, 12], [1, 7]]
+    scores, _ = guard_scores(model, tok, prompts, "<guard>", batch_size=2)
+    tag = tag_token_ids(tok, "<guard>")
+    for p, s in zip(prompts, scores):
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([p + tag])).logits[0], -1)
+        ref = float(torch.exp(sum(lp[len(p) - 1 + k, t] for k, t in enumerate(tag))))
+        assert s == pytest.approx(ref, rel=1e-4)
