@@ -64,6 +64,9 @@ def test_packed_pairs_equal_separate_sequences():
                     attention_mask=additive_mask(batch["allow"], torch.float32))
         chosen = mean_reply_logps(out.logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
         rejected = mean_reply_logps(out.logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
+        parts = packed_forward(model, batch, lam=0.1)  # the decoder + head-on-scored-rows path
+        assert parts["chosen_logp"].item() == pytest.approx(chosen.mean().item(), abs=1e-5)
+        assert parts["rejected_logp"].item() == pytest.approx(rejected.mean().item(), abs=1e-5)
         for b, f in enumerate(feats):
             assert chosen[b].item() == pytest.approx(_reference_logps(model, f["prompt_ids"], f["chosen_ids"]).item(), abs=1e-5)
             assert rejected[b].item() == pytest.approx(_reference_logps(model, f["prompt_ids"], f["rejected_ids"]).item(), abs=1e-5)

@@ -30,8 +30,8 @@ def _overrides(sets: Optional[list[str]], **fields) -> list[str]:
 def pipeline(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    start_step: int = typer.Option(1, help="First step: 1 generate, 2 train, 3 evaluate."),
-    end_step: int = typer.Option(3, help="Last step."),
+    start_step: int = typer.Option(1, help="First step: 1 generate, 2 train, 3 evaluate, 4 report."),
+    end_step: int = typer.Option(4, help="Last step."),
 ):
     """Run generate -> train -> evaluate for every guardrail in the config and print the summary."""
     from . import pipeline as pipeline_mod
@@ -106,6 +106,24 @@ def evaluate(
     cfg = load_config(EvaluateConfig, config, over)
     res = evaluate_mod.run(cfg)
     typer.echo((res.out_dir / "report.md").read_text(encoding="utf-8").split("## Tag rate")[0])
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
+    """Write PNG plots (training curves, detection bars, ROC, score histograms) into RUN_DIR/plots."""
+    from . import plot as plot_mod
+
+    for p in plot_mod.run(run_dir):
+        typer.echo(str(p))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
+    """Plot, then write RUN_DIR/report.md and a self-contained RUN_DIR/report.html."""
+    from . import report as report_mod
+
+    md, page = report_mod.run(run_dir)
+    typer.echo(f"{md}\n{page}")
 
 
 @app.command()

@@ -31,21 +31,25 @@ def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_siz
     T = len(tag_ids)
     scores, secs = [0.0] * len(prompts), [0.0] * len(prompts)
     dev = _device(model)
+    tag_t = torch.tensor(tag_ids, device=dev)
     for idx in _batches(len(prompts), [len(p) for p in prompts], batch_size):
         t0 = time.perf_counter()
+        # left padding aligns every row's tag at the end, so only the last T+1 logits are computed
         seqs = [prompts[i] + tag_ids for i in idx]
         L = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
         att = torch.zeros((len(seqs), L), dtype=torch.long)
         for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
-            att[b, : len(s)] = 1
+            ids[b, L - len(s) :] = torch.tensor(s)
+            att[b, L - len(s) :] = 1
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
+            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev),
+                           logits_to_keep=T + 1).logits.float()
+        lp = torch.log_softmax(logits[:, :T], dim=-1)  # positions predicting the T tag tokens
+        total = lp[:, torch.arange(T, device=dev), tag_t].sum(-1)
         for b, i in enumerate(idx):
-            P = len(prompts[i])
-            lp = torch.log_softmax(logits[b, P - 1 : P - 1 + T], dim=-1)
-            scores[i] = float(torch.exp(lp[torch.arange(T), torch.tensor(tag_ids)].sum()))
+            scores[i] = float(torch.exp(total[b]))
         dt = (time.perf_counter() - t0) / len(idx)
         for i in idx:
             secs[i] = dt

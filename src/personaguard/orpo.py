@@ -52,6 +52,7 @@ def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     Returns input_ids/position_ids [B, L], `allow` [B, L, L] (True where attention is allowed) and,
     for each reply, the positions whose logits predict it (`*_src`), the tokens (`*_tgt`) and a mask.
     """
+    features = [{k: list(f[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for f in features]
     B = len(features)
     L = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)
     Cm = max(len(f["chosen_ids"]) for f in features)
@@ -95,20 +96,45 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean log-prob of each reply's tokens; only the scored rows go through log_softmax."""
     rows = torch.gather(logits, 1, src[..., None].expand(-1, -1, logits.shape[-1]))
+    return _masked_mean_logp(rows, tgt, mask)
+
+
+def _masked_mean_logp(rows: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
     m = mask.to(logp.dtype)
     return (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
+def _split_model(model):
+    """(decoder, lm_head) when the model allows computing logits for chosen rows only, else None.
+
+    The vocabulary projection is ~20% of a small model's compute; prompt positions need no logits,
+    so projecting only the scored positions saves that work (bench/orpo_step.py)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "final_logit_softcapping", None) or not hasattr(base, "get_decoder"):
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
 def packed_forward(model, batch: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
     """One forward pass over packed pairs -> ORPO loss dict."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    out = model(
+    kwargs = dict(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
         attention_mask=additive_mask(batch["allow"], dtype),
         use_cache=False,
     )
-    chosen = mean_reply_logps(out.logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
-    rejected = mean_reply_logps(out.logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
+    split = _split_model(model)
+    if split is None:
+        logits = model(**kwargs).logits
+        chosen = mean_reply_logps(logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
+        rejected = mean_reply_logps(logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
+    else:
+        decoder, head = split
+        hidden = decoder(**kwargs).last_hidden_state
+        pick = lambda src: torch.gather(hidden, 1, src[..., None].expand(-1, -1, hidden.shape[-1]))  # noqa: E731
+        chosen = _masked_mean_logp(head(pick(batch["c_src"])), batch["c_tgt"], batch["c_mask"])
+        rejected = _masked_mean_logp(head(pick(batch["r_src"])), batch["r_tgt"], batch["r_mask"])
     return orpo_loss(chosen, rejected, lam)

@@ -3,7 +3,7 @@
 Usage:
     personaguard pipeline --config configs/quickstart.yaml [--start-step 2 --end-step 3]
 
-Steps: 1 generate, 2 train, 3 evaluate (test split + `extra_eval_data`). Each step reads what the
+Steps: 1 generate, 2 train, 3 evaluate (test split + `extra_eval_data`), 4 plots + report.html/md. Each step reads what the
 previous one wrote under `run_dir`, so a run can be continued from any step.
 """
 
@@ -20,7 +20,7 @@ from .errors import PersonaguardError
 from .evaluate import summary_table
 from .schema import write_text_atomic
 
-STEPS = {1: "generate", 2: "train", 3: "evaluate"}
+STEPS = {1: "generate", 2: "train", 3: "evaluate", 4: "report"}
 
 
 @dataclass
@@ -42,14 +42,15 @@ def stage_configs(cfg: PipelineConfig, guardrail: str, source: str = "config"):
     evals = []
     for data in [str(data_dir / "test.jsonl"), *cfg.extra_eval_data]:
         name = "test" if data.endswith("test.jsonl") and Path(data).parent == data_dir else Path(data).stem
-        evals.append(build(EvaluateConfig, {"guardrails_dir": cfg.guardrails_dir, **cfg.evaluate, "model": cfg.model,
+        evals.append(build(EvaluateConfig, {"guardrails_dir": cfg.guardrails_dir, "max_prompt_tokens": t.max_prompt_tokens,
+                                            **cfg.evaluate, "model": cfg.model,
                                             "adapter": str(adapter), "guardrail": guardrail, "data": data,
                                             "out_dir": str(run_dir / "eval" / Path(guardrail).stem / name)},
                            f"{source} (evaluate)"))
     return g, t, evals
 
 
-def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 3, source: str = "config") -> PipelineResult:
+def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str = "config") -> PipelineResult:
     if not (1 <= start_step <= end_step <= max(STEPS)):
         raise PersonaguardError(f"--start-step/--end-step must satisfy 1 <= start <= end <= {max(STEPS)}")
     run_dir = Path(cfg.run_dir)
@@ -58,7 +59,7 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 3, source: str
     result = PipelineResult(run_dir)
     plans = [(name, *stage_configs(cfg, name, source)) for name in cfg.guardrails]  # validate everything first
     for name, g, t, evals in plans:
-        for step in range(start_step, end_step + 1):
+        for step in range(start_step, min(end_step, 3) + 1):
             t0 = time.perf_counter()
             if step == 1:
                 generate.run(g)
@@ -70,6 +71,12 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 3, source: str
                     for setting, m in res.metrics.items():
                         result.metrics[f"{Path(name).stem} / {Path(e.out_dir).name} / {setting}"] = m
             result.seconds[f"{Path(name).stem}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
+    if end_step >= 4:
+        from . import report
+
+        t0 = time.perf_counter()
+        report.run(run_dir)
+        result.seconds["report"] = round(time.perf_counter() - t0, 1)
     if result.metrics:
         table = summary_table(result.metrics, "guardrail / data / setting")
         write_text_atomic(run_dir / "summary.md", f"# Pipeline summary\n\n{table}\n\nStage seconds: {result.seconds}\n")

@@ -41,14 +41,22 @@ class TrainResult:
 def tokenize_examples(examples: list[Example], tokenizer, cfg: TrainConfig) -> list[dict]:
     from .prompt import prompt_ids, reply_ids
 
-    return [
-        {
+    rows = []
+    for ex in examples:
+        row = {
             "prompt_ids": prompt_ids(tokenizer, ex, cfg.max_prompt_tokens),
             "chosen_ids": reply_ids(tokenizer, ex.chosen, cfg.max_reply_tokens),
             "rejected_ids": reply_ids(tokenizer, ex.rejected, cfg.max_reply_tokens),
         }
-        for ex in examples
-    ]
+        row["length"] = sum(len(v) for v in row.values())  # packed length, for length-grouped batches
+        rows.append(row)
+    return rows
+
+
+def as_dataset(feats: list[dict]):
+    import datasets
+
+    return datasets.Dataset.from_list(feats)
 
 
 def _make_trainer_classes():
@@ -176,6 +184,9 @@ def run(cfg: TrainConfig) -> TrainResult:
         bf16=bf16,
         fp16=device.startswith("cuda") and cfg.precision == "fp16",
         remove_unused_columns=False,
+        # batches of similar packed length waste less compute on padding
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
         label_names=["c_tgt"],
         dataloader_pin_memory=False,
         report_to=cfg.report_to or "none",
@@ -184,8 +195,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     trainer = ORPOTrainer(
         model=model,
         args=args,
-        train_dataset=train_feats,
-        eval_dataset=val_feats,
+        train_dataset=as_dataset(train_feats),
+        eval_dataset=as_dataset(val_feats) if val_feats else None,
         data_collator=collate(tok.pad_token_id),
         callbacks=[MetricsCSV(out_dir / "metrics.csv")],
         orpo_lambda=cfg.orpo_lambda,

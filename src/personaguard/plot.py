@@ -1,0 +1,140 @@
+"""Plots of a run folder (matplotlib, Agg): training curves, detection bars, ROC, score histograms.
+
+Usage:
+    personaguard plot runs/quickstart        # writes runs/quickstart/plots/*.png
+
+Reads what the other stages wrote: adapters/*/metrics.csv and eval/<guardrail>/<data>/
+{metrics.json, predictions.jsonl}. Returns the written paths so reports can embed them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _floats(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        if r.get(key) not in (None, ""):
+            xs.append(float(r["step"]))
+            ys.append(float(r[key]))
+    return xs, ys
+
+
+def training_curves(run_dir: Path, out: Path) -> Path | None:
+    csvs = sorted(run_dir.glob("adapters/*/metrics.csv"))
+    if not csvs:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for path in csvs:
+        rows = list(csv.DictReader(path.open(encoding="utf-8")))
+        name = path.parent.name
+        for ax, key in zip(axes, ("loss", "nll", "or_loss")):
+            xs, ys = _floats(rows, key)
+            (line,) = ax.plot(xs, ys, label=name)
+            ex, ey = _floats(rows, f"eval_{key}")
+            if ex:
+                ax.plot(ex, ey, "o", color=line.get_color(), label=f"{name} (validation)")
+    for ax, title in zip(axes, ("ORPO loss", "NLL (chosen)", "odds-ratio loss")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    dest = out / "training_curves.png"
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
+def _eval_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in run_dir.glob("eval/*/*/metrics.json"))
+
+
+def detection_bars(run_dir: Path, out: Path) -> Path | None:
+    dirs = _eval_dirs(run_dir)
+    if not dirs:
+        return None
+    labels, series = [], {}
+    for d in dirs:
+        settings = json.loads((d / "metrics.json").read_text(encoding="utf-8"))["settings"]
+        for setting, m in settings.items():
+            labels.append(f"{d.parent.name}\n{d.name}\n{setting}")
+            for key in ("tag_rate", "false_tag_rate"):
+                val = m.get(key)
+                std = m.get(f"{key}_std", 0.0) or 0.0
+                series.setdefault(key, []).append((val if val is not None else 0.0, std))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
+    width = 0.38
+    for k, (key, vals) in enumerate(series.items()):
+        xs = [i + (k - 0.5) * width for i in range(len(labels))]
+        ax.bar(xs, [v for v, _ in vals], width, yerr=[s for _, s in vals], capsize=3, label=key.replace("_", " "))
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.set_title("Detection: tag rate on triggering vs. false tag rate on neutral")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    dest = out / "detection_bars.png"
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
+def _predictions(d: Path) -> list[dict]:
+    path = d / "predictions.jsonl"
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+
+
+def roc_and_histograms(run_dir: Path, out: Path) -> list[Path]:
+    from sklearn.metrics import roc_curve
+
+    written = []
+    for d in _eval_dirs(run_dir):
+        preds = _predictions(d)
+        if not preds:
+            continue
+        guardrail = d.parent.name
+        settings = sorted({p["setting"] for p in preds})
+        fig, axes = plt.subplots(1, 1 + len(settings), figsize=(4.2 * (1 + len(settings)), 3.6))
+        for s in settings:
+            pos = [p["guard_score"] for p in preds if p["setting"] == s and p["label"] == guardrail]
+            neg = [p["guard_score"] for p in preds if p["setting"] == s and p["label"] != guardrail]
+            if pos and neg:
+                fpr, tpr, _ = roc_curve([1] * len(pos) + [0] * len(neg), pos + neg)
+                axes[0].plot(fpr, tpr, label=s)
+        axes[0].plot([0, 1], [0, 1], "k:", lw=0.8)
+        axes[0].set_title(f"ROC of guard score — {guardrail}/{d.name}")
+        axes[0].set_xlabel("false positive rate")
+        axes[0].set_ylabel("true positive rate")
+        axes[0].legend(fontsize=8)
+        for ax, s in zip(axes[1:], settings):
+            for label, name in ((guardrail, "triggering"), (None, "not triggering")):
+                vals = [p["guard_score"] for p in preds if p["setting"] == s and ((p["label"] == guardrail) == (label is not None))]
+                ax.hist(vals, bins=20, range=(0, 1), alpha=0.6, label=name)
+            ax.set_title(f"guard score, {s}")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        dest = out / f"scores_{guardrail}_{d.name}.png"
+        fig.savefig(dest, dpi=110)
+        plt.close(fig)
+        written.append(dest)
+    return written
+
+
+def run(run_dir: str | Path) -> list[Path]:
+    """Write every plot the run folder has data for; returns their paths."""
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [training_curves(run_dir, out), detection_bars(run_dir, out), *roc_and_histograms(run_dir, out)]
+    return [p for p in paths if p is not None]

@@ -1,0 +1,113 @@
+"""Run report: one self-contained report.html (plots embedded as base64) and report.md.
+
+Usage:
+    personaguard report runs/quickstart     # also run by `pipeline` at the end
+
+Collects summary.json / eval metrics written by the other stages and the plots from plot.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .metrics import fmt
+from .schema import write_text_atomic
+
+COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("precision", "precision"),
+           ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("latency_guard_s", "guard s/item"),
+           ("latency_reply_s", "reply s/item")]
+
+
+def _cell(m: dict, key: str) -> str:
+    val, std = m.get(key), m.get(f"{key}_std")
+    return f"{fmt(val)} ± {fmt(std)}" if std is not None else fmt(val)
+
+
+def collect(run_dir: Path) -> dict[str, dict]:
+    """'guardrail / data / setting' -> metrics, from every eval folder of the run."""
+    rows = {}
+    for mfile in sorted(run_dir.glob("eval/*/*/metrics.json")):
+        data = json.loads(mfile.read_text(encoding="utf-8"))
+        for setting, m in data["settings"].items():
+            rows[f"{mfile.parent.parent.name} / {mfile.parent.name} / {setting}"] = m
+    return rows
+
+
+def _examples(run_dir: Path, limit: int = 5) -> list[tuple[str, list[dict]]]:
+    out = []
+    for pfile in sorted(run_dir.glob("eval/*/*/predictions.jsonl")):
+        guardrail = pfile.parent.parent.name
+        preds = [json.loads(x) for x in pfile.read_text(encoding="utf-8").splitlines() if x.strip()]
+        for setting in sorted({p["setting"] for p in preds}):
+            for title, want in (("triggering", True), ("neutral", False)):
+                items = [p for p in preds if p["setting"] == setting and (p["label"] == guardrail) == want]
+                good = [p for p in items if p["tagged"] == want][: (limit + 1) // 2]
+                bad = [p for p in items if p["tagged"] != want][: limit - len(good)]
+                if good or bad:
+                    out.append((f"{guardrail} / {pfile.parent.name} / {setting} / {title}", good + bad))
+    return out
+
+
+def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
+    lines = [f"# personaguard report — `{run_dir.name}`", "", "## Summary", "",
+             "| guardrail / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    lines += [f"| {k} | " + " | ".join(_cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += ["", "## Examples", ""]
+    for title, items in _examples(run_dir):
+        lines.append(f"### {title}")
+        for p in items:
+            ok = "✓" if (p["tagged"] == (title.endswith("triggering"))) else "✗"
+            lines.append(f"- {ok} user: {p['message'][:200]!r} → reply: {p['reply'][:200]!r}")
+        lines.append("")
+    cfg = run_dir / "pipeline_config.yaml"
+    if cfg.exists():
+        lines += ["## Config", "", "```yaml", cfg.read_text(encoding="utf-8").rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS)
+    body = "".join(
+        f"<tr><td>{e(k)}</td>" + "".join(f"<td>{e(_cell(m, c))}</td>" for c, _ in COLUMNS) + "</tr>" for k, m in rows.items()
+    )
+    imgs = "".join(
+        f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{e(p.stem)}</figcaption></figure>"
+        for p in plots
+    )
+    ex = ""
+    for title, items in _examples(run_dir):
+        lis = "".join(
+            f"<li class='{'ok' if p['tagged'] == title.endswith('triggering') else 'bad'}'><b>user:</b> {e(p['message'][:300])}"
+            f"<br><b>reply:</b> {e(p['reply'][:300])}</li>"
+            for p in items
+        )
+        ex += f"<h3>{e(title)}</h3><ul>{lis}</ul>"
+    cfg = run_dir / "pipeline_config.yaml"
+    cfg_html = f"<h2>Config</h2><pre>{e(cfg.read_text(encoding='utf-8'))}</pre>" if cfg.exists() else ""
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}"
+             "li.ok{color:#155724}li.bad{color:#721c24}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
+            f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
+            f"<h2>Summary</h2><table id='summary'><tr><th>guardrail / data / setting</th>{head}</tr>{body}</table>"
+            f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>")
+
+
+def run(run_dir: str | Path) -> tuple[Path, Path]:
+    """Plot, then write report.md and report.html into the run folder."""
+    from . import plot
+
+    run_dir = Path(run_dir)
+    plots = plot.run(run_dir)
+    rows = collect(run_dir)
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    write_text_atomic(md, markdown(run_dir, rows, plots))
+    write_text_atomic(page, html_page(run_dir, rows, plots))
+    return md, page

@@ -1,0 +1,52 @@
+"""Plots and reports from a hand-made run folder (no model needed)."""
+
+import csv
+import json
+
+import pytest
+
+from personaguard import plot, report
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    ad = tmp_path / "adapters" / "politics"
+    ad.mkdir(parents=True)
+    with (ad / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", "loss", "nll", "or_loss", "eval_loss", "eval_nll", "eval_or_loss"])
+        w.writeheader()
+        for s in range(1, 6):
+            w.writerow({"step": s, "loss": 3 - s * 0.3, "nll": 2.5 - s * 0.3, "or_loss": 0.7 - s * 0.1})
+        w.writerow({"step": 5, "eval_loss": 1.5, "eval_nll": 1.2, "eval_or_loss": 0.3})
+    ev = tmp_path / "eval" / "politics" / "test"
+    ev.mkdir(parents=True)
+    preds = []
+    for setting, hit in (("none", False), ("adapter", True)):
+        for i in range(6):
+            trig = i < 3
+            tagged = hit and trig
+            preds.append({"id": f"i{i}", "label": "politics" if trig else "none", "setting": setting,
+                          "message": f"msg {i}", "reply": ("<guard> no politics" if tagged else "sure <b>thing</b>"),
+                          "tagged": tagged, "guard_score": (0.9 if tagged else 0.1) + i * 0.01})
+    (ev / "predictions.jsonl").write_text("\n".join(json.dumps(p) for p in preds) + "\n")
+    settings = {"none": {"tag_rate": 0.0, "false_tag_rate": 0.0, "auroc": 0.5},
+                "adapter": {"tag_rate": 1.0, "tag_rate_std": 0.05, "false_tag_rate": 0.0, "auroc": 1.0}}
+    (ev / "metrics.json").write_text(json.dumps({"meta": {}, "settings": settings}))
+    return tmp_path
+
+
+def test_plots_are_written(run_dir):
+    paths = plot.run(run_dir)
+    names = {p.name for p in paths}
+    assert {"training_curves.png", "detection_bars.png", "scores_politics_test.png"} <= names
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
+
+
+def test_report_html_is_self_contained_and_escaped(run_dir):
+    md, page = report.run(run_dir)
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") >= 3 and "src=\"plots/" not in text
+    assert "politics / test / adapter" in text and "1.000 ± 0.050" in text
+    assert "sure &lt;b&gt;thing&lt;/b&gt;" in text and "<b>thing</b>" not in text
+    mdt = md.read_text()
+    assert "![training_curves](plots/training_curves.png)" in mdt and "| politics / test / none |" in mdt
