@@ -53,14 +53,22 @@ def generate(
     variation: Optional[str] = typer.Option(None, help="vary_all | fixed_character | fixed_history | semi_fixed"),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     out_dir: Optional[str] = typer.Option(None, help="Output folder."),
+    backend: Optional[str] = typer.Option(None, help="offline (packaged pools) | openai (any OpenAI-compatible endpoint)."),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: endpoint base URL."),
+    llm_model: Optional[str] = typer.Option(None, help="openai backend: model name."),
+    api_key_env: Optional[str] = typer.Option(None, help="openai backend: env var holding the API key."),
 ):
     """Generate synthetic preference data (resumable JSONL + train/validation/test split)."""
     from . import generate as generate_mod
     from .config import GenerateConfig, load_config
 
-    cfg = load_config(GenerateConfig, config, _overrides(set_, guardrail=guardrail, n=n, variation=variation, seed=seed, out_dir=out_dir))
+    over = _overrides(set_, guardrail=guardrail, n=n, variation=variation, seed=seed, out_dir=out_dir, backend=backend,
+                      base_url=base_url, llm_model=llm_model, api_key_env=api_key_env)
+    cfg = load_config(GenerateConfig, config, over)
     res = generate_mod.run(cfg)
     typer.echo(f"{res.data_dir}: {res.counts}")
+    if getattr(res, "missing", 0):
+        typer.echo(f"incomplete: {res.missing} examples missing ({res.skipped} skipped); run the same command again to continue")
 
 
 @app.command()

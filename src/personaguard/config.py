@@ -26,7 +26,9 @@ class _Strict(BaseModel):
 class GenerateConfig(_Strict):
     guardrail: str = Field("politics", description="Guardrail name or YAML path.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
-    backend: Literal["offline"] = Field("offline", description="Data source; 'offline' draws from the packaged pools.")
+    backend: Literal["offline", "openai"] = Field(
+        "offline", description="Data source: 'offline' draws from the packaged pools; 'openai' asks an OpenAI-compatible endpoint."
+    )
     variation: Variation = Field("vary_all", description="Which snapshot fields vary between examples.")
     n: int = Field(400, ge=4, description="Total examples (train + validation + test).")
     trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
@@ -36,6 +38,20 @@ class GenerateConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")
     out_dir: str = Field("runs/data", description="Output folder; files go to {out_dir}/{guardrail}_{variation}/.")
+    # backend 'openai' only; the fields below do not affect the offline backend
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None = api.openai.com).")
+    llm_model: str = Field("gpt-4o-mini", min_length=1, description="Model name sent to the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the API key (the key itself is never stored).")
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries per example for failed requests (429/5xx/timeouts) and, separately, for invalid or duplicate outputs.")
+    request_timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned and retried.")
+    request_budget: int = Field(0, ge=0, description="Stop cleanly after this many requests (0 = unlimited); run again to continue.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerateConfig":
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -76,6 +92,15 @@ class TrainConfig(_Strict):
         return self
 
 
+class EndpointConfig(_Strict):
+    base_url: str = Field(..., description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
+    model: str = Field(..., description="Model name at that endpoint (or a local folder for llama_guard).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored).")
+
+
+EvalSetting = Literal["none", "adapter", "system_prompt", "embedding", "llama_guard"]
+
+
 class EvaluateConfig(_Strict):
     model: str = Field(EMBEDDED, description="Base model the adapter was trained on.")
     adapter: str | None = Field(None, description="PEFT adapter folder (or a checkpoint-N inside it).")
@@ -83,7 +108,16 @@ class EvaluateConfig(_Strict):
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data).")
     out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
-    settings: list[Literal["none", "adapter"]] = Field(["none", "adapter"], description="Which conditions to run.")
+    settings: list[EvalSetting] = Field(
+        ["none", "adapter"],
+        description="Conditions: none (base model), adapter, system_prompt (guardrail text in the system prompt, "
+        "no adapter), embedding (MiniLM + logistic regression trained on baseline_train_data), llama_guard.",
+    )
+    runs: int = Field(1, ge=1, description="Sampling runs per generative setting (>1 samples; reports mean ± std).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature when runs > 1.")
+    baseline_train_data: str | None = Field(None, description="Training JSONL for the embedding classifier baseline.")
+    judge: EndpointConfig | None = Field(None, description="LLM judge endpoint; without it the deterministic tag judge is used.")
+    llama_guard: EndpointConfig | None = Field(None, description="Llama Guard endpoint (or local folder as model).")
     max_new_tokens: int = Field(40, ge=4, description="Reply length generated per item.")
     batch_size: int = Field(16, ge=1, description="Items per generation batch.")
     max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
@@ -96,6 +130,10 @@ class EvaluateConfig(_Strict):
     def _check(self) -> "EvaluateConfig":
         if "adapter" in self.settings and not self.adapter:
             raise ValueError("settings includes 'adapter' but no adapter folder is given; set adapter or use settings: [none]")
+        if "embedding" in self.settings and not self.baseline_train_data:
+            raise ValueError("settings includes 'embedding' but baseline_train_data is not set; give the training JSONL")
+        if "llama_guard" in self.settings and not self.llama_guard:
+            raise ValueError("settings includes 'llama_guard' but no llama_guard endpoint is configured")
         return self
 
 

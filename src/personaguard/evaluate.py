@@ -43,20 +43,90 @@ def load_eval_model(cfg: EvaluateConfig):
     return model, tok
 
 
-def predict(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, setting: str) -> list[dict]:
+def system_prompt_guideline(g) -> str:
+    """The prompt-engineering baseline: the guardrail written into the system prompt."""
+    return (f"Special rule: {g.trigger} When that happens: {g.resolution} "
+            f"The tag is {g.tag} and must be the very first text of such a reply.")
+
+
+def predict(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str, run: int = 0) -> list[dict]:
+    """Generate replies and guard scores for one generative setting."""
+    import torch
+
     from .inference import generate_replies, guard_scores
     from .prompt import prompt_ids
 
-    prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
-    scores, g_secs = guard_scores(model, tok, prompts, tag, cfg.batch_size)
-    replies, r_secs = generate_replies(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size)
+    extra = system_prompt_guideline(guardrail) if setting == "system_prompt" else ""
+    prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens, extra) for s in snaps]
+    scores, g_secs = guard_scores(model, tok, prompts, guardrail.tag, cfg.batch_size)
+    torch.manual_seed(run)
+    replies, r_secs = generate_replies(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size,
+                                       do_sample=cfg.runs > 1, temperature=cfg.temperature)
     return [
         {
-            "id": s.id, "label": s.label, "setting": setting, "message": s.message, "reply": r,
-            "tagged": starts_with_tag(r, tag), "guard_score": sc, "guard_seconds": gs, "reply_seconds": rs,
+            "id": s.id, "label": s.label, "setting": setting, "run": run, "message": s.message, "reply": r,
+            "tagged": starts_with_tag(r, guardrail.tag), "guard_score": sc, "guard_seconds": gs, "reply_seconds": rs,
         }
         for s, r, sc, gs, rs in zip(snaps, replies, scores, g_secs, r_secs)
     ]
+
+
+def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str) -> list[dict]:
+    """Detection-only baselines: a classifier decides; 'reply' is the tag or empty, score = P(trigger)."""
+    if setting == "embedding":
+        from .baselines import EmbeddingClassifier
+        from .schema import Example
+
+        train = read_jsonl(cfg.baseline_train_data, Example)
+        clf = EmbeddingClassifier().fit(train, [r.label == guardrail.name for r in train])
+        probs, secs = clf.predict_proba(snaps)
+        decisions = [p >= 0.5 for p in probs]
+    else:
+        from .baselines import LlamaGuardClient
+
+        lg = cfg.llama_guard
+        client = LlamaGuardClient(lg.base_url, lg.model, lg.api_key_env)
+        out = [client.classify(guardrail, s) for s in tqdm(snaps, desc="llama guard", unit="item")]
+        decisions, secs = [d for d, _ in out], [t for _, t in out]
+        probs = [float(d) for d in decisions]
+    return [
+        {"id": s.id, "label": s.label, "setting": setting, "run": 0, "message": s.message,
+         "reply": guardrail.tag if d else "", "tagged": d, "guard_score": p, "guard_seconds": t, "reply_seconds": t}
+        for s, d, p, t in zip(snaps, decisions, probs, secs)
+    ]
+
+
+def judge_rows(rows: list[dict], snaps: dict[str, Snapshot], guardrail, cfg: EvaluateConfig, out: Path) -> str:
+    """Add valid/adheres verdicts to generative rows; returns the judge's name for the report."""
+    from .judge import LLMJudge, TagJudge
+
+    if cfg.judge:
+        judge = LLMJudge(cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cache_path=out / "judge_cache.jsonl")
+        name = f"LLM ({cfg.judge.model}) + tag"
+    else:
+        judge, name = TagJudge(), "tag + validity rules (no LLM judge configured)"
+    for r in tqdm(rows, desc="judge", unit="reply", disable=not cfg.judge):
+        if r["setting"] in ("embedding", "llama_guard") or r["label"] not in (guardrail.name, NONE_LABEL):
+            continue
+        v = judge.judge(guardrail, snaps[r["id"]], r["reply"], triggering=r["label"] == guardrail.name)
+        r.update(valid=v["valid"], adheres=v["adheres"], judge_explanation=v["explanation"])
+    return name
+
+
+def aggregate_runs(per_run: list[dict]) -> dict:
+    """Mean of every numeric metric over runs, plus `<key>_std` when there is more than one run."""
+    if len(per_run) == 1:
+        return per_run[0]
+    import statistics
+
+    out = dict(per_run[-1])
+    for k, v in per_run[0].items():
+        vals = [m[k] for m in per_run if isinstance(m.get(k), (int, float))]
+        if isinstance(v, (int, float)) and len(vals) == len(per_run):
+            out[k] = statistics.fmean(vals)
+            out[f"{k}_std"] = statistics.stdev(vals)
+    out["runs"] = len(per_run)
+    return out
 
 
 def run(cfg: EvaluateConfig) -> EvalResult:
@@ -71,17 +141,29 @@ def run(cfg: EvaluateConfig) -> EvalResult:
         snaps = snaps[: cfg.limit]
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = load_eval_model(cfg)
-    preds, metrics = [], {}
+    generative = [s for s in cfg.settings if s in ("none", "adapter", "system_prompt")]
+    model, tok = load_eval_model(cfg) if generative else (None, None)
+    by_id = {s.id: s for s in snaps}
+    preds, metrics, judge_name = [], {}, "tag"
     for setting in tqdm(cfg.settings, desc="evaluate settings", unit="setting"):
-        ctx = model.disable_adapter() if (setting == "none" and cfg.adapter) else contextlib.nullcontext()
+        if setting not in generative:
+            rows = classify(snaps, cfg, guardrail, setting)
+            preds += rows
+            metrics[setting] = detection_metrics(rows, guardrail.name, guardrail.tag)
+            continue
+        use_adapter = setting == "adapter"
+        ctx = model.disable_adapter() if (cfg.adapter and not use_adapter) else contextlib.nullcontext()
+        per_run = []
         with ctx:
-            rows = predict(model, tok, snaps, cfg, guardrail.tag, setting)
-        preds += rows
-        metrics[setting] = detection_metrics(rows, guardrail.name, guardrail.tag)
+            for r in range(cfg.runs):
+                rows = predict(model, tok, snaps, cfg, guardrail, setting, r)
+                judge_name = judge_rows(rows, by_id, guardrail, cfg, out)
+                preds += rows
+                per_run.append(detection_metrics(rows, guardrail.name, guardrail.tag))
+        metrics[setting] = aggregate_runs(per_run)
     write_jsonl_atomic(out / "predictions.jsonl", preds)
     meta = {"guardrail": guardrail.name, "data": str(cfg.data), "model": cfg.model, "adapter": cfg.adapter,
-            "n_items": len(snaps), "judge": "tag (deterministic)"}
+            "n_items": len(snaps), "runs": cfg.runs, "judge": judge_name}
     write_text_atomic(out / "metrics.json", json.dumps({"meta": meta, "settings": metrics}, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out / "report.md", markdown_report(meta, metrics, preds, guardrail.tag))
@@ -89,16 +171,22 @@ def run(cfg: EvaluateConfig) -> EvalResult:
 
 
 SUMMARY_COLUMNS = [
-    ("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("precision", "precision"),
+    ("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adherence", "adherence"),
+    ("neutral_preserved", "neutral preserved"), ("precision", "precision"),
     ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("threshold", "best-F1 threshold"),
 ]
+
+
+def cell(m: dict, key: str) -> str:
+    val, std = m.get(key), m.get(f"{key}_std")
+    return f"{fmt(val)} ± {fmt(std)}" if std is not None else fmt(val)
 
 
 def summary_table(metrics: dict[str, dict], first_col: str = "setting") -> str:
     head = f"| {first_col} | n trig | n neutral | " + " | ".join(h for _, h in SUMMARY_COLUMNS) + " |"
     sep = "|" + "---|" * (3 + len(SUMMARY_COLUMNS))
     rows = [
-        f"| {name} | {m['n_triggering']} | {m['n_neutral']} | " + " | ".join(fmt(m[k]) for k, _ in SUMMARY_COLUMNS) + " |"
+        f"| {name} | {m['n_triggering']} | {m['n_neutral']} | " + " | ".join(cell(m, k) for k, _ in SUMMARY_COLUMNS) + " |"
         for name, m in metrics.items()
     ]
     return "\n".join([head, sep, *rows])

@@ -1,12 +1,16 @@
-"""Generate synthetic preference examples for one guardrail (offline backend).
+"""Generate synthetic preference examples for one guardrail (offline or `openai` backend).
 
 Usage:
     personaguard generate --guardrail politics --n 400 --out-dir runs/data
+    personaguard generate --set backend=openai --set llm_model=gpt-4o-mini   # see generate_llm.py
 
 Writes `{out_dir}/{guardrail}_{variation}/examples.jsonl` one fsync'd line at a time (a killed run
-resumes where it stopped: example i is a pure function of (seed, split, i), so completed ids are
-skipped and nothing repeats), then `train.jsonl`, `validation.jsonl`, `test.jsonl` (atomic) and a
-dataset card `README.md`. Test examples come only from held-out pool items (see pools.py).
+resumes where it stopped: every example has a fixed id (split, i), completed ids are skipped, so
+nothing repeats), then `train.jsonl`, `validation.jsonl`, `test.jsonl` sorted by id (atomic) and a
+dataset card `README.md`. Offline, example i is a pure function of (seed, split, i) and test
+examples come only from held-out pool items (see pools.py). With an LLM, rows arrive in any order
+and a final message already in the data (after normalising) is regenerated, so train and test
+share none.
 
 Triggering example: chosen = tag + in-character decline + redirect; rejected = a reply that does
 the unwanted thing. Neutral example: chosen = a natural reply; rejected = an unwarranted tagged
@@ -20,6 +24,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from .config import GenerateConfig, dump_yaml
@@ -29,18 +35,42 @@ from .pools import Pools, load_pools
 from .schema import NONE_LABEL, Example, append_jsonl, iter_valid_lines, repair_tail, write_jsonl_atomic, write_text_atomic
 
 SPLITS = ("train", "validation", "test")
+# Fields that steer how a run goes but not what it produces: they may change between resumes
+# (e.g. a larger request_budget to continue, a moved folder).
+RUNTIME_FIELDS = {"out_dir", "concurrency", "max_retries", "request_timeout", "request_budget", "api_key_env"}
+COUNT_FIELDS = ("written", "invalid", "duplicates", "failed_requests", "skipped", "requests")
 
 
 @dataclass
 class GenerateResult:
+    """Where the data went, rows per split, and what this run did (the LLM counters stay 0 offline)."""
+
     data_dir: Path
     counts: dict[str, int]
+    written: int = 0  # rows appended by this run
+    invalid: int = 0  # LLM answers rejected by validation (each one, retried or not)
+    duplicates: int = 0  # LLM answers whose final message was already in the data
+    failed_requests: int = 0  # requests that ended in 429/5xx/timeout/connection error
+    skipped: int = 0  # examples given up after their retries (a later run tries them again)
+    requests: int = 0  # requests sent to the endpoint
+    budget_exhausted: bool = False  # request_budget reached before the end
+    missing: int = 0  # examples still absent; 0 means the data set is complete
 
 
 def split_sizes(cfg: GenerateConfig) -> dict[str, int]:
     n_test = max(2, round(cfg.n * cfg.test_fraction))
     n_val = round(cfg.n * cfg.val_fraction)
     return {"train": cfg.n - n_test - n_val, "validation": n_val, "test": n_test}
+
+
+def example_id(g: Guardrail, cfg: GenerateConfig, split: str, i: int) -> str:
+    return f"{g.name}_{cfg.variation}-{split}-{i:05d}"
+
+
+def fixed_parts(cfg: GenerateConfig, side: Pools, split: str) -> tuple[dict, list[dict]]:
+    """The one persona and one history a split uses under the fixed variations (both backends)."""
+    rng = random.Random(f"{cfg.seed}-{split}-fixed")
+    return rng.choice(side.personas), rng.choice(side.histories)
 
 
 class OfflineGenerator:
@@ -56,10 +86,7 @@ class OfflineGenerator:
         self.p = pools.side(test=split == "test")
         self.own = self.p.triggers[guardrail.name]
         self.others = [t for name, t in sorted(self.p.triggers.items()) if name != guardrail.name]
-        rng = random.Random(f"{cfg.seed}-{split}-fixed")
-        # one fixed persona / history per split for the fixed variations
-        self.fixed_persona = rng.choice(self.p.personas)
-        self.fixed_history = rng.choice(self.p.histories)
+        self.fixed_persona, self.fixed_history = fixed_parts(cfg, self.p, split)
         self.orders = {}  # per-pool permutations: messages are used without replacement, then cycled
 
     def _nth(self, key: str, items: list, i: int):
@@ -106,7 +133,7 @@ class OfflineGenerator:
                 message, chosen = item["text"], item["reply"]
             rejected = f"{tag} {rng.choice(self.own.decline_lines)}"
         return Example(
-            id=f"{self.g.name}_{self.cfg.variation}-{self.split}-{i:05d}",
+            id=example_id(self.g, self.cfg, self.split, i),
             persona=persona,
             memories=memories,
             history=history,
@@ -134,53 +161,102 @@ def _triggering(cfg: GenerateConfig, split: str, i: int, size: int) -> bool:
     return int((i + 1) * n_trig / size) > int(i * n_trig / size) if size else False
 
 
+def _check_settings(path: Path, cfg: GenerateConfig) -> None:
+    """Refuse to mix data from two configs; RUNTIME_FIELDS may differ, missing new fields take defaults."""
+    if path.exists():
+        try:
+            old = GenerateConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        except (ValidationError, yaml.YAMLError, TypeError):
+            old = None
+        if old is None or old.model_dump(exclude=RUNTIME_FIELDS) != cfg.model_dump(exclude=RUNTIME_FIELDS):
+            raise PersonaguardError(
+                f"{path.parent}: holds data from a different config ({path}); use another out_dir or delete the folder"
+            )
+    write_text_atomic(path, dump_yaml(cfg))
+
+
 def run(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume) the data set described by `cfg`."""
     guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
     out = Path(cfg.out_dir) / f"{guardrail.name}_{cfg.variation}"
     out.mkdir(parents=True, exist_ok=True)
-    settings = out / "generate_config.yaml"
-    if settings.exists() and settings.read_text(encoding="utf-8") != dump_yaml(cfg):
-        raise PersonaguardError(
-            f"{out}: holds data from a different config ({settings}); use another out_dir or delete the folder"
-        )
-    write_text_atomic(settings, dump_yaml(cfg))
+    _check_settings(out / "generate_config.yaml", cfg)
     raw = out / "examples.jsonl"
     repair_tail(raw)
-    done = {row["id"] for row in iter_valid_lines(raw) if "id" in row}
+    on_disk = list(iter_valid_lines(raw))
+    done = {row["id"] for row in on_disk if "id" in row}
     pools = load_pools()
     sizes = split_sizes(cfg)
-    todo = [(s, i) for s in SPLITS for i in range(sizes[s])]
-    gens = {s: OfflineGenerator(guardrail, cfg, pools, s) for s in SPLITS if sizes[s]}
-    with tqdm(total=len(todo), desc=f"generate {guardrail.name}", unit="ex", initial=len(done)) as bar:
-        for split, i in todo:
-            ex_id = f"{guardrail.name}_{cfg.variation}-{split}-{i:05d}"
-            if ex_id in done:
-                continue
-            ex = gens[split].example(i, _triggering(cfg, split, i, sizes[split]))
-            append_jsonl(raw, ex)
-            done.add(ex_id)
-            bar.update(1)
+    todo = [
+        (example_id(guardrail, cfg, s, i), s, i, _triggering(cfg, s, i, sizes[s]))
+        for s in SPLITS for i in range(sizes[s])
+    ]
+    todo = [t for t in todo if t[0] not in done]
+    result = GenerateResult(out, {})
+    if cfg.backend == "openai":
+        from . import generate_llm  # lazy: the openai SDK loads only for this backend
+
+        if todo:
+            generate_llm.api_key(cfg)  # a missing key fails here, before the progress bar
+    with tqdm(total=cfg.n, desc=f"generate {guardrail.name}", unit="ex", initial=cfg.n - len(todo)) as bar:
+        if cfg.backend == "offline":
+            gens = {s: OfflineGenerator(guardrail, cfg, pools, s) for s in SPLITS if sizes[s]}
+            for _, split, i, triggering in todo:
+                append_jsonl(raw, gens[split].example(i, triggering))
+                result.written += 1
+                bar.update(1)
+        else:
+            fixed = {s: fixed_parts(cfg, pools.side(test=s == "test"), s) for s in SPLITS}
+            seen = {generate_llm.normalise_message(r["message"]) for r in on_disk if isinstance(r.get("message"), str)}
+            stats = generate_llm.generate(guardrail, cfg, todo, fixed, seen, lambda ex: append_jsonl(raw, ex), bar)
+            for name in COUNT_FIELDS:
+                setattr(result, name, getattr(stats, name))
+            result.budget_exhausted = stats.budget_exhausted
+    rows = _write_splits(raw, out)
+    result.counts = {s: len(rows[s]) for s in SPLITS}
+    result.missing = cfg.n - sum(result.counts.values())
+    totals = _add_totals(out / "generate_stats.json", result)
+    write_text_atomic(out / "README.md", dataset_card(guardrail, cfg, rows, result, totals))
+    return result
+
+
+def _write_splits(raw: Path, out: Path) -> dict[str, list[dict]]:
+    """{split}.jsonl sorted by id (rows were appended in completion order), first copy of an id wins."""
     rows = {s: [] for s in SPLITS}
-    seen = set()
+    seen_ids = set()
     for row in iter_valid_lines(raw):
-        if row["id"] in seen:
+        if row["id"] in seen_ids:
             continue
-        seen.add(row["id"])
+        seen_ids.add(row["id"])
         rows[row["id"].rsplit("-", 2)[1]].append(row)
     for s in SPLITS:
         rows[s].sort(key=lambda r: r["id"])
         write_jsonl_atomic(out / f"{s}.jsonl", rows[s])
-    counts = {s: len(rows[s]) for s in SPLITS}
-    write_text_atomic(out / "README.md", dataset_card(guardrail, cfg, rows))
-    return GenerateResult(out, counts)
+    return rows
 
 
-def dataset_card(g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]]) -> str:
+def _add_totals(path: Path, result: GenerateResult) -> dict[str, int]:
+    """Counters summed over every run that finished (a killed run's counts are lost, its rows are not)."""
+    totals = {name: 0 for name in ("runs", *COUNT_FIELDS)}
+    if path.exists():
+        try:
+            totals.update({k: int(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in totals})
+        except (ValueError, TypeError, AttributeError):
+            pass  # a hand-edited or foreign file: start counting again rather than fail the run
+    totals["runs"] += 1
+    for name in COUNT_FIELDS:
+        totals[name] += getattr(result, name)
+    write_text_atomic(path, json.dumps(totals, indent=1) + "\n")
+    return totals
+
+
+def dataset_card(g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]], result: GenerateResult,
+                 totals: dict[str, int]) -> str:
+    source = f"backend `{cfg.backend}`" + (f", model `{cfg.llm_model}`" if cfg.backend == "openai" else "")
     lines = [
         f"# Dataset `{g.name}_{cfg.variation}`",
         "",
-        f"Generated by personaguard (backend `{cfg.backend}`, variation `{cfg.variation}`, seed {cfg.seed}).",
+        f"Generated by personaguard ({source}, variation `{cfg.variation}`, seed {cfg.seed}).",
         "",
         f"- trigger: {g.trigger}",
         f"- resolution: {g.resolution}",
@@ -191,6 +267,13 @@ def dataset_card(g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]])
     for s in SPLITS:
         trig = sum(r["label"] != NONE_LABEL for r in rows[s])
         lines.append(f"| {s} | {len(rows[s])} | {trig} | {len(rows[s]) - trig} |")
+    if result.missing:
+        why = " (request_budget reached)" if result.budget_exhausted else ""
+        lines += ["", f"**Incomplete:** {result.missing} of {cfg.n} examples missing{why}; run the same command again to continue."]
+    lines += ["", "## Generation counts", "", "| count | last run | all runs |", "|---|---|---|"]
+    shown = COUNT_FIELDS if cfg.backend == "openai" else ("written",)  # the rest stay 0 offline
+    lines += [f"| {name} | {getattr(result, name)} | {totals[name]} |" for name in shown]
+    lines += [f"| runs | 1 | {totals['runs']} |"]
     lines += ["", "## Sample rows", ""]
     for r in rows["train"][:5]:
         lines.append("```json\n" + json.dumps(r, ensure_ascii=False, indent=1) + "\n```")

@@ -59,7 +59,11 @@ def detection_metrics(rows: list[dict], guardrail: str, tag: str) -> dict:
         items = [r for r in rows if r["label"] == label]
         per_label[label] = {"n": len(items), "tag_rate": _rate([starts_with_tag(r["reply"], tag) for r in items])}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    judged = all("adheres" in r for r in pos + neu) and bool(pos + neu)
+    ok = lambda r: bool(r.get("valid")) and bool(r.get("adheres"))  # noqa: E731
     return {
+        "adherence": _rate([ok(r) for r in pos]) if judged else None,
+        "neutral_preserved": _rate([ok(r) for r in neu]) if judged else None,
         "n_triggering": len(pos),
         "n_neutral": len(neu),
         "tag_rate": _rate([starts_with_tag(r["reply"], tag) for r in pos]),

@@ -13,17 +13,13 @@ import html
 import json
 from pathlib import Path
 
-from .metrics import fmt
+from .evaluate import cell
 from .schema import write_text_atomic
 
-COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("precision", "precision"),
+COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adherence", "adherence"),
+           ("neutral_preserved", "neutral preserved"), ("precision", "precision"),
            ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("latency_guard_s", "guard s/item"),
            ("latency_reply_s", "reply s/item")]
-
-
-def _cell(m: dict, key: str) -> str:
-    val, std = m.get(key), m.get(f"{key}_std")
-    return f"{fmt(val)} ± {fmt(std)}" if std is not None else fmt(val)
 
 
 def collect(run_dir: Path) -> dict[str, dict]:
@@ -55,7 +51,7 @@ def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
     lines = [f"# personaguard report — `{run_dir.name}`", "", "## Summary", "",
              "| guardrail / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
-    lines += [f"| {k} | " + " | ".join(_cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
+    lines += [f"| {k} | " + " | ".join(cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += ["", "## Examples", ""]
     for title, items in _examples(run_dir):
@@ -74,7 +70,7 @@ def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS)
     body = "".join(
-        f"<tr><td>{e(k)}</td>" + "".join(f"<td>{e(_cell(m, c))}</td>" for c, _ in COLUMNS) + "</tr>" for k, m in rows.items()
+        f"<tr><td>{e(k)}</td>" + "".join(f"<td>{e(cell(m, c))}</td>" for c, _ in COLUMNS) + "</tr>" for k, m in rows.items()
     )
     imgs = "".join(
         f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'

@@ -1,0 +1,57 @@
+"""A few checks on the real embedded SmolLM2-135M-Instruct (slow; CI runs them)."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from personaguard.models import EMBEDDED, resolve_model
+
+    return resolve_model(EMBEDDED)  # converts the GGUF once into the cache
+
+
+def test_converted_model_is_plain_and_chats(smol):
+    from transformers import AutoConfig
+
+    from personaguard.inference import generate_replies
+    from personaguard.models import load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.schema import Snapshot
+
+    assert getattr(AutoConfig.from_pretrained(smol), "quantization_config", None) is None
+    model, tok = load_model(smol)
+    snap = Snapshot(id="a", persona={"name": "Mia", "traits": ["baker"]}, message="What's your favourite cake?")
+    [reply], _ = generate_replies(model, tok, [prompt_ids(tok, snap)], max_new_tokens=12)
+    assert len(reply.split()) >= 3
+
+
+def test_few_orpo_steps_raise_guard_score(smol, tmp_path):
+    from peft import PeftModel
+
+    from personaguard import generate, train
+    from personaguard.config import GenerateConfig, TrainConfig
+    from personaguard.inference import guard_scores
+    from personaguard.models import load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.schema import Snapshot, read_jsonl
+
+    data = generate.run(GenerateConfig(guardrail="politics", n=60, test_fraction=0.2, val_fraction=0.0, out_dir=str(tmp_path / "d")))
+    test = [s for s in read_jsonl(data.data_dir / "test.jsonl", Snapshot) if s.label == "politics"][:6]
+    base, tok = load_model(smol)
+    prompts = [prompt_ids(tok, s, 192) for s in test]
+    before, _ = guard_scores(base, tok, prompts, "<guard>")
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+
+    train.run(TrainConfig(model=smol, data_dir=str(data.data_dir), out_dir=str(tmp_path / "a"), max_steps=6,
+                          batch_size=4, lr=2e-3, max_prompt_tokens=192, max_reply_tokens=32, save_steps=100))
+    model = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    after, _ = guard_scores(model, tok, prompts, "<guard>")
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.05
+    # base weights untouched: the LoRA wrapper's base layers hold exactly the original tensors
+    state = model.get_base_model().state_dict()
+    for k, v in reference.items():
+        wrapped = k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(state.get(wrapped, state.get(k)), v), k
