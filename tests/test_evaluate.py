@@ -73,3 +73,21 @@ def test_guard_score_is_tag_probability(tiny_model_dir):
             lp = torch.log_softmax(model(torch.tensor([p + tag])).logits[0], -1)
         ref = float(torch.exp(sum(lp[len(p) - 1 + k, t] for k, t in enumerate(tag))))
         assert s == pytest.approx(ref, rel=1e-4)
+
+
+def test_baselines_and_repeated_runs(tiny_model_dir, trained):
+    from personaguard import evaluate
+
+    out = trained / "eval_baselines"
+    res = evaluate.run(EvaluateConfig(
+        model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"), out_dir=str(out),
+        settings=["system_prompt", "adapter", "embedding"], runs=2, max_new_tokens=4, batch_size=4,
+        baseline_train_data=str(trained / "data" / "train.jsonl"),
+    ))
+    assert res.metrics["adapter"]["runs"] == 2 and "tag_rate_std" in res.metrics["adapter"]
+    assert res.metrics["adapter"]["neutral_preserved"] is not None  # tag judge verdicts recorded
+    # the toy data separates perfectly by message, so the embedding classifier must too
+    assert res.metrics["embedding"]["auroc"] == 1.0
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {p["run"] for p in preds if p["setting"] == "adapter"} == {0, 1}
+    assert all("valid" in p for p in preds if p["setting"] != "embedding")

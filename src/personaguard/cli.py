@@ -116,6 +116,30 @@ def evaluate(
     typer.echo((res.out_dir / "report.md").read_text(encoding="utf-8").split("## Tag rate")[0])
 
 
+def _merge_help() -> str:
+    # METHOD_HELP lives in stack.py, which imports torch/peft lazily, so reading it here is cheap.
+    from .stack import METHOD_HELP
+
+    return "Merge method. " + "; ".join(f"{k} = {v}" for k, v in METHOD_HELP.items())
+
+
+@app.command()
+def merge(
+    adapters: list[str] = typer.Argument(..., help="Two or more PEFT adapter folders."),
+    method: str = typer.Option("cat", "--method", help=_merge_help()),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated weights, one per adapter (default 1.0 each)."),
+    density: Optional[float] = typer.Option(None, help="ties/dare_*: share of weights kept (0-1]."),
+    svd_rank: Optional[int] = typer.Option(None, help="svd: rank of the merged adapter (default: the largest member rank)."),
+    out: str = typer.Option(..., "--out", help="New adapter folder; an existing name is refused."),
+):
+    """Merge guardrail adapters into one new PEFT adapter (records method, weights, sources, time)."""
+    from .stack import merge as merge_fn
+
+    w = [float(x) for x in weights.split(",")] if weights else None
+    info = merge_fn(adapters, method, w, out, density, svd_rank=svd_rank)
+    typer.echo(f"merged {len(adapters)} adapters with {method} into {out} in {info['seconds']:.1f}s")
+
+
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
     """Write PNG plots (training curves, detection bars, ROC, score histograms) into RUN_DIR/plots."""

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 METHOD_HELP: dict[str, str] = {
     "cat": "exact: concatenates A and B, so the delta is exactly the weighted sum; rank = sum of the ranks",
     "linear": "approximate: averages A and B separately, so cross terms B_i A_j appear; needs equal ranks",
-    "svd": "near-exact: truncated SVD of the exact summed delta to --svd-rank (default: the largest rank)",
+    "svd": "truncated SVD of the exact summed delta to --svd-rank (default: largest rank); exact if >= summed rank",
     "ties": "approximate: trims A and B to --density, elects signs, averages agreeing entries; equal ranks",
     "dare_ties": "approximate: randomly drops A/B entries (keeps --density, rescales), then TIES sign election",
     "dare_linear": "approximate: randomly drops A/B entries (keeps --density, rescales), then linear",
@@ -60,9 +60,13 @@ def _read_config(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
         raise PersonaguardError(f"{adapter_dir}: no adapter_config.json (expected a PEFT adapter folder)")
-    cfg = json.loads(path.read_text(encoding="utf-8"))
-    if cfg.get("peft_type") != "LORA":
-        raise PersonaguardError(f"{adapter_dir}: peft_type is {cfg.get('peft_type')!r}; only LoRA adapters can be stacked")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PersonaguardError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        kind = cfg.get("peft_type") if isinstance(cfg, dict) else None
+        raise PersonaguardError(f"{adapter_dir}: peft_type is {kind!r}; only LoRA adapters can be stacked")
     return cfg
 
 
