@@ -91,3 +91,25 @@ def test_baselines_and_repeated_runs(tiny_model_dir, trained):
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert {p["run"] for p in preds if p["setting"] == "adapter"} == {0, 1}
     assert all("valid" in p for p in preds if p["setting"] != "embedding")
+
+
+def test_gate_threshold_sits_between_classes():
+    from personaguard.metrics import gate_threshold
+
+    thr = gate_threshold([0.5, 0.8, 0.9], [0.1, 0.3, 0.6])
+    # best F1 keeps every positive (0.5), so the gate moves halfway down to the next negative (0.3)
+    assert thr == pytest.approx(0.4)
+
+
+def test_gated_replies_follow_the_gate(tiny_model_dir):
+    from personaguard.inference import gated_replies, generate_replies
+    from personaguard.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    prompts = [[1, 5, 9, 12], [1, 7], [3, 4, 5]]
+    raw, _ = generate_replies(model, tok, prompts, 6, 4)
+    forced = gated_replies(model, tok, prompts, [0.9, 0.9, 0.9], 0.5, "<guard>", raw, 8, 4)
+    assert all(r.startswith("<guard>") for r in forced)
+    fake_tagged = ["<guard> x"] * 3
+    banned = gated_replies(model, tok, prompts, [0.1, 0.1, 0.1], 0.5, "<guard>", fake_tagged, 8, 4)
+    assert not any(r.startswith("<") for r in banned)

@@ -98,7 +98,7 @@ class EndpointConfig(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored).")
 
 
-EvalSetting = Literal["none", "adapter", "system_prompt", "embedding", "llama_guard"]
+EvalSetting = Literal["none", "adapter", "adapter_gated", "system_prompt", "embedding", "llama_guard"]
 
 
 class EvaluateConfig(_Strict):
@@ -109,8 +109,9 @@ class EvaluateConfig(_Strict):
     data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data).")
     out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
     settings: list[EvalSetting] = Field(
-        ["none", "adapter"],
-        description="Conditions: none (base model), adapter, system_prompt (guardrail text in the system prompt, "
+        ["none", "adapter", "adapter_gated"],
+        description="Conditions: none (base model), adapter (greedy), adapter_gated (the adapter's guard score "
+        "decides the tag with the threshold saved at training; needs 'adapter' in the list too), system_prompt (guardrail text in the system prompt, "
         "no adapter), embedding (MiniLM + logistic regression trained on baseline_train_data), llama_guard.",
     )
     runs: int = Field(1, ge=1, description="Sampling runs per generative setting (>1 samples; reports mean ± std).")
@@ -128,6 +129,8 @@ class EvaluateConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":
+        if "adapter_gated" in self.settings and "adapter" not in self.settings:
+            raise ValueError("settings includes 'adapter_gated' but not 'adapter' (the gate reuses its replies); add 'adapter'")
         if "adapter" in self.settings and not self.adapter:
             raise ValueError("settings includes 'adapter' but no adapter folder is given; set adapter or use settings: [none]")
         if "embedding" in self.settings and not self.baseline_train_data:

@@ -96,6 +96,23 @@ def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str
     ]
 
 
+def load_gate(cfg: EvaluateConfig) -> float | None:
+    path = Path(cfg.adapter or "") / "guard_threshold.json"
+    return json.loads(path.read_text(encoding="utf-8"))["threshold"] if path.is_file() else None
+
+
+def gate_rows(raw: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, threshold: float) -> list[dict]:
+    """The adapter's replies under guard-gated decoding (only disagreeing items are generated again)."""
+    from .inference import gated_replies
+    from .prompt import prompt_ids
+
+    prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
+    replies = gated_replies(model, tok, prompts, [r["guard_score"] for r in raw], threshold, guardrail.tag,
+                            [r["reply"] for r in raw], cfg.max_new_tokens, cfg.batch_size)
+    return [{**r, "setting": "adapter_gated", "reply": rep, "tagged": starts_with_tag(rep, guardrail.tag)}
+            for r, rep in zip(raw, replies)]
+
+
 def judge_rows(rows: list[dict], snaps: dict[str, Snapshot], guardrail, cfg: EvaluateConfig, out: Path) -> str:
     """Add valid/adheres verdicts to generative rows; returns the judge's name for the report."""
     from .judge import LLMJudge, TagJudge
@@ -142,10 +159,21 @@ def run(cfg: EvaluateConfig) -> EvalResult:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generative = [s for s in cfg.settings if s in ("none", "adapter", "system_prompt")]
+    gate = load_gate(cfg) if "adapter_gated" in cfg.settings else None
     model, tok = load_eval_model(cfg) if generative else (None, None)
     by_id = {s.id: s for s in snaps}
     preds, metrics, judge_name = [], {}, "tag"
-    for setting in tqdm(cfg.settings, desc="evaluate settings", unit="setting"):
+    ordered = sorted(cfg.settings, key=lambda s: s == "adapter_gated")  # the gate reuses the adapter's replies
+    for setting in tqdm(ordered, desc="evaluate settings", unit="setting"):
+        if setting == "adapter_gated":
+            if gate is None:
+                continue  # reported in meta: no threshold saved with this adapter
+            rows = gate_rows([p for p in preds if p["setting"] == "adapter" and p["run"] == 0], model, tok, snaps, cfg, guardrail, gate)
+            judge_rows(rows, by_id, guardrail, cfg, out)
+            preds += rows
+            metrics[setting] = detection_metrics(rows, guardrail.name, guardrail.tag)
+            metrics[setting]["gate_threshold"] = gate
+            continue
         if setting not in generative:
             rows = classify(snaps, cfg, guardrail, setting)
             preds += rows

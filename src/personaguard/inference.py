@@ -58,7 +58,7 @@ def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_siz
 
 def generate_replies(
     model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 40, batch_size: int = 16,
-    do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+    do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9, begin_suppress: list[int] | None = None,
 ) -> tuple[list[str], list[float]]:
     """Replies (left-padded batches), decoded without special tokens; also seconds per item."""
     import torch
@@ -75,6 +75,8 @@ def generate_replies(
             ids[b, L - len(p) :] = torch.tensor(p)
             att[b, L - len(p) :] = 1
         kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        if begin_suppress:
+            kwargs["begin_suppress_tokens"] = begin_suppress
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
@@ -86,3 +88,31 @@ def generate_replies(
         for i in idx:
             secs[i] = dt
     return replies, secs
+
+
+def gated_replies(
+    model, tokenizer, prompts: list[list[int]], scores: list[float], threshold: float, tag: str,
+    replies: list[str], max_new_tokens: int = 40, batch_size: int = 16,
+) -> list[str]:
+    """Guard-gated decoding: the guard score decides, the adapter writes the reply.
+
+    Greedy decoding starts with the tag whenever its first token is the single most likely one, even
+    at low probability (natural replies spread their first-token mass over many words). Gating uses
+    the calibrated score instead: score >= threshold -> the reply starts with the tag (the model
+    continues after it); below -> the tag's first token is banned at the first step. Replies that
+    already agree with the gate are kept, so only disagreements are generated again.
+    """
+    tag_ids = tag_token_ids(tokenizer, tag)
+    out = list(replies)
+    want = [sc >= threshold for sc in scores]
+    force = [i for i, (w, r) in enumerate(zip(want, replies)) if w and not r.lstrip().startswith(tag)]
+    ban = [i for i, (w, r) in enumerate(zip(want, replies)) if not w and r.lstrip().startswith(tag)]
+    if force:
+        cont, _ = generate_replies(model, tokenizer, [prompts[i] + tag_ids for i in force], max_new_tokens - len(tag_ids), batch_size)
+        for i, c in zip(force, cont):
+            out[i] = f"{tag} {c}".strip()
+    if ban:
+        alt, _ = generate_replies(model, tokenizer, [prompts[i] for i in ban], max_new_tokens, batch_size, begin_suppress=tag_ids[:1])
+        for i, a in zip(ban, alt):
+            out[i] = a
+    return out

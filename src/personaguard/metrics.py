@@ -86,3 +86,16 @@ def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def gate_threshold(pos: list[float], neg: list[float]) -> float | None:
+    """Decision threshold for guard-gated decoding, from validation scores.
+
+    Takes the best-F1 threshold and moves it halfway down to the highest negative score below it,
+    so a positive that scores a little under the lowest validation positive still passes.
+    """
+    thr, _ = best_f1_threshold(pos, neg)
+    if thr is None:
+        return None
+    below = [s for s in neg if s < thr]
+    return (thr + max(below)) / 2 if below else thr / 2

@@ -118,6 +118,26 @@ def _make_trainer_classes():
     return ORPOTrainer, MetricsCSV, collate, torch
 
 
+def calibrate_gate(model, tok, val_rows: list[Example], guardrail, cfg: TrainConfig, out_dir: Path) -> float | None:
+    """Pick the guard-score threshold for gated decoding on the validation split; saved next to the adapter."""
+    import torch
+
+    from .inference import guard_scores
+    from .metrics import gate_threshold
+    from .prompt import prompt_ids
+
+    model.eval()
+    with torch.no_grad():
+        scores, _ = guard_scores(model, tok, [prompt_ids(tok, r, cfg.max_prompt_tokens) for r in val_rows], guardrail.tag, cfg.batch_size)
+    pos = [s for s, r in zip(scores, val_rows) if r.label == guardrail.name]
+    neg = [s for s, r in zip(scores, val_rows) if r.label != guardrail.name]
+    thr = gate_threshold(pos, neg)
+    if thr is not None:
+        write_text_atomic(out_dir / "guard_threshold.json", json.dumps(
+            {"threshold": thr, "n_validation": len(val_rows), "source": "validation split, best F1 moved halfway to the next negative"}, indent=2))
+    return thr
+
+
 def _lora_model(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -208,7 +228,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     tok.save_pretrained(out_dir)
     write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
-    summary = {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
+    threshold = calibrate_gate(trainer.model, tok, val_rows, guardrail, cfg, out_dir) if val_rows else None
+    summary = {"steps": result.global_step, "guard_threshold": threshold, "seconds": round(seconds, 1), "train_loss": result.training_loss,
                "train_examples": len(train_feats), "device": device}
     write_text_atomic(out_dir / "train_result.json", json.dumps(summary, indent=2))
     return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
