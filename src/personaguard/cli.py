@@ -103,12 +103,14 @@ def evaluate(
     model: Optional[str] = typer.Option(None, help="Base model."),
     out_dir: Optional[str] = typer.Option(None, help="Output folder."),
     limit: Optional[int] = typer.Option(None, help="Evaluate at most N items."),
+    checkpoints: Optional[str] = typer.Option(None, help="Also evaluate checkpoints: 'all' or steps like 25,50 (a curve per step)."),
 ):
     """Evaluate with/without adapter on any Snapshot JSONL; writes metrics.json, predictions.jsonl, report.md."""
     from . import evaluate as evaluate_mod
     from .config import EvaluateConfig, load_config
 
-    over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit)
+    over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit,
+                      checkpoints=f"[{checkpoints}]" if checkpoints else None)
     if adapter is None and not any(s.startswith("adapter=") for s in over) and config is None:
         over.append("settings=[none]")
     cfg = load_config(EvaluateConfig, config, over)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .config import EvaluateConfig, dump_yaml
 from .guardrails import get_guardrail, registry
-from .metrics import detection_metrics, fmt, starts_with_tag
+from .metrics import GROUP_FIELDS, detection_metrics, fmt, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 
@@ -66,9 +66,16 @@ def predict(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, s
         {
             "id": s.id, "label": s.label, "setting": setting, "run": run, "message": s.message, "reply": r,
             "tagged": starts_with_tag(r, guardrail.tag), "guard_score": sc, "guard_seconds": gs, "reply_seconds": rs,
+            **group_fields(s),
         }
         for s, r, sc, gs, rs in zip(snaps, replies, scores, g_secs, r_secs)
     ]
+
+
+def group_fields(s: Snapshot) -> dict:
+    """The snapshot's grouping fields (kind, domain, topic) that metrics break false positives down by."""
+    extra = s.model_extra or {}
+    return {k: extra[k] for k in GROUP_FIELDS if isinstance(extra.get(k), str)}
 
 
 def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str) -> list[dict]:
@@ -91,7 +98,8 @@ def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str
         probs = [float(d) for d in decisions]
     return [
         {"id": s.id, "label": s.label, "setting": setting, "run": 0, "message": s.message,
-         "reply": guardrail.tag if d else "", "tagged": d, "guard_score": p, "guard_seconds": t, "reply_seconds": t}
+         "reply": guardrail.tag if d else "", "tagged": d, "guard_score": p, "guard_seconds": t, "reply_seconds": t,
+         **group_fields(s)}
         for s, d, p, t in zip(snaps, decisions, probs, secs)
     ]
 
@@ -160,7 +168,7 @@ def run(cfg: EvaluateConfig) -> EvalResult:
     out.mkdir(parents=True, exist_ok=True)
     generative = [s for s in cfg.settings if s in ("none", "adapter", "system_prompt")]
     gate = load_gate(cfg) if "adapter_gated" in cfg.settings else None
-    model, tok = load_eval_model(cfg) if generative else (None, None)
+    model, tok = load_eval_model(cfg) if (generative or cfg.checkpoints) else (None, None)
     by_id = {s.id: s for s in snaps}
     preds, metrics, judge_name = [], {}, "tag"
     ordered = sorted(cfg.settings, key=lambda s: s == "adapter_gated")  # the gate reuses the adapter's replies
@@ -189,12 +197,18 @@ def run(cfg: EvaluateConfig) -> EvalResult:
                 preds += rows
                 per_run.append(detection_metrics(rows, guardrail.name, guardrail.tag))
         metrics[setting] = aggregate_runs(per_run)
+    curve = None
+    if cfg.checkpoints:
+        from .checkpoints import evaluate_checkpoints
+
+        curve = evaluate_checkpoints(model, tok, snaps, cfg, guardrail, out)
     write_jsonl_atomic(out / "predictions.jsonl", preds)
     meta = {"guardrail": guardrail.name, "data": str(cfg.data), "model": cfg.model, "adapter": cfg.adapter,
-            "n_items": len(snaps), "runs": cfg.runs, "judge": judge_name}
+            "n_items": len(snaps), "runs": cfg.runs, "judge": judge_name,
+            "checkpoint_steps": [c["step"] for c in curve] if curve else None}
     write_text_atomic(out / "metrics.json", json.dumps({"meta": meta, "settings": metrics}, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
-    write_text_atomic(out / "report.md", markdown_report(meta, metrics, preds, guardrail.tag))
+    write_text_atomic(out / "report.md", markdown_report(meta, metrics, preds, guardrail.tag, curve))
     return EvalResult(out, metrics)
 
 
@@ -220,7 +234,7 @@ def summary_table(metrics: dict[str, dict], first_col: str = "setting") -> str:
     return "\n".join([head, sep, *rows])
 
 
-def markdown_report(meta: dict, metrics: dict[str, dict], preds: list[dict], tag: str) -> str:
+def markdown_report(meta: dict, metrics: dict[str, dict], preds: list[dict], tag: str, curve: list[dict] | None = None) -> str:
     lines = [
         f"# Evaluation: `{meta['guardrail']}`",
         "",
@@ -240,6 +254,18 @@ def markdown_report(meta: dict, metrics: dict[str, dict], preds: list[dict], tag
     for s, m in metrics.items():
         cells = [f"{fmt(m['per_label'][lab]['tag_rate'])} (n={m['per_label'][lab]['n']})" if lab in m["per_label"] else "–" for lab in labels]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    groups = sorted({(key, g) for m in metrics.values() for key, d in m.get("per_group", {}).items() for g in d})
+    if groups:
+        lines += ["", "## Tag rate per group", "",
+                  "Own-label groups count replies that begin with the tag; other groups count the tag anywhere (false tags).", "",
+                  "| setting | " + " | ".join(f"{k}={g}" for k, g in groups) + " |", "|---|" + "---|" * len(groups)]
+        for s, m in metrics.items():
+            pg = m.get("per_group", {})
+            cells = [f"{fmt(pg[k][g]['tag_rate'])} (n={pg[k][g]['n']})" if g in pg.get(k, {}) else "–" for k, g in groups]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if curve:
+        lines += ["", "## Checkpoints (adapter, greedy)", "", "| step | tag rate | false tag rate | F1 | AUROC |", "|---|---|---|---|---|"]
+        lines += [f"| {c['step']} | {fmt(c['tag_rate'])} | {fmt(c['false_tag_rate'])} | {fmt(c['f1'])} | {fmt(c['auroc'])} |" for c in curve]
     lines += ["", "## Examples", ""]
     for s in metrics:
         for want_label, title in ((meta["guardrail"], "triggering"), (NONE_LABEL, "neutral")):

@@ -11,6 +11,11 @@ import math
 
 from .schema import NONE_LABEL
 
+# Extra snapshot fields that break tag rates down further: `kind` (neutral / hard_negative /
+# cross_negative in generated data), `domain` and `topic` (outside data such as dev sets) — this is
+# where a team sees which kinds of neutral turns its adapter mistakes for triggers.
+GROUP_FIELDS = ("kind", "domain", "topic")
+
 
 def starts_with_tag(reply: str, tag: str) -> bool:
     return reply.lstrip().startswith(tag)
@@ -58,6 +63,13 @@ def detection_metrics(rows: list[dict], guardrail: str, tag: str) -> dict:
     for label in sorted({r["label"] for r in rows}):
         items = [r for r in rows if r["label"] == label]
         per_label[label] = {"n": len(items), "tag_rate": _rate([starts_with_tag(r["reply"], tag) for r in items])}
+    per_group = {}
+    for key in GROUP_FIELDS:
+        vals = sorted({(r["label"], r[key]) for r in rows if isinstance(r.get(key), str)})
+        for label, val in vals:
+            items = [r for r in rows if r["label"] == label and r.get(key) == val]
+            flag = (lambda r: starts_with_tag(r["reply"], tag)) if label == guardrail else (lambda r: tag in r["reply"])
+            per_group.setdefault(key, {})[f"{label}:{val}"] = {"n": len(items), "tag_rate": _rate([flag(r) for r in items])}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     judged = all("adheres" in r for r in pos + neu) and bool(pos + neu)
     ok = lambda r: bool(r.get("valid")) and bool(r.get("adheres"))  # noqa: E731
@@ -79,6 +91,7 @@ def detection_metrics(rows: list[dict], guardrail: str, tag: str) -> dict:
         "latency_guard_s": mean([r["guard_seconds"] for r in rows]),
         "latency_reply_s": mean([r["reply_seconds"] for r in rows]),
         "per_label": per_label,
+        "per_group": per_group,
     }
 
 

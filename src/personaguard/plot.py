@@ -1,4 +1,5 @@
-"""Plots of a run folder (matplotlib, Agg): training curves, detection bars, ROC, score histograms.
+"""Plots of a run folder (matplotlib, Agg): training curves, checkpoint curves, detection bars, ROC,
+score histograms.
 
 Usage:
     personaguard plot runs/quickstart        # writes runs/quickstart/plots/*.png
@@ -131,10 +132,36 @@ def roc_and_histograms(run_dir: Path, out: Path) -> list[Path]:
     return written
 
 
+def checkpoint_curves(run_dir: Path, out: Path) -> Path | None:
+    """Tag rate, false tag rate and AUROC per training step, from `evaluate --checkpoints`."""
+    csvs = sorted(run_dir.glob("eval/*/*/checkpoints.csv"))
+    if not csvs:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for path in csvs:
+        rows = list(csv.DictReader(path.open(encoding="utf-8")))
+        name = f"{path.parent.parent.name}/{path.parent.name}"
+        for ax, key in zip(axes, ("tag_rate", "false_tag_rate", "auroc")):
+            xs, ys = _floats(rows, key)
+            ax.plot(xs, ys, "o-", label=name)
+    for ax, title in zip(axes, ("tag rate (triggering)", "false tag rate (neutral)", "AUROC of guard score")):
+        ax.set_title(title)
+        ax.set_xlabel("checkpoint step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    dest = out / "checkpoint_curves.png"
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
 def run(run_dir: str | Path) -> list[Path]:
     """Write every plot the run folder has data for; returns their paths."""
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    paths = [training_curves(run_dir, out), detection_bars(run_dir, out), *roc_and_histograms(run_dir, out)]
+    paths = [training_curves(run_dir, out), checkpoint_curves(run_dir, out), detection_bars(run_dir, out),
+             *roc_and_histograms(run_dir, out)]
     return [p for p in paths if p is not None]
