@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible HTTP server for tests (NeMo's FakeLLM idea, over real HTTP).
 
-Each POST takes the next scripted reply; a request after the script ran out is answered 418 (not
-retried by our clients) and recorded, and leaving the `with` block fails the test if that happened
+Each POST takes the next scripted reply (or, once the script is empty, the answer of a rule set with
+`respond_with`); a request nothing answers is answered 418 (not retried by our clients) and recorded, and leaving the `with` block fails the test if that happened
 or if scripted replies were left unused. Listens on 127.0.0.1, a free port; no sleeps.
 """
 
@@ -34,6 +34,7 @@ class ScriptedOpenAI:
         self.script: deque = deque()
         self.requests: list[dict] = []  # {"path", "json", "headers" (lower-case names)} per request
         self.overrun: list[str] = []
+        self.responder = None  # fn(path, request json) -> (status, body): answers once the script is empty
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -53,6 +54,11 @@ class ScriptedOpenAI:
     def completion(self, text: str) -> ScriptedOpenAI:
         return self.reply(200, completion_body(text))
 
+    def respond_with(self, fn) -> ScriptedOpenAI:
+        """Answer every request beyond the script with fn(path, json) -> (status, body) (a rule, not a list)."""
+        self.responder = fn
+        return self
+
     def error(self, status: int, message: str = "scripted error") -> ScriptedOpenAI:
         return self.reply(status, {"error": {"message": message, "type": "server_error", "code": None}})
 
@@ -66,6 +72,8 @@ class ScriptedOpenAI:
                     seen = {k.lower(): v for k, v in self.headers.items()}
                     outer.requests.append({"path": self.path, "json": json.loads(raw or b"{}"), "headers": seen})
                     item = outer.script.popleft() if outer.script else None
+                    if item is None and outer.responder is not None:
+                        item = (*outer.responder(self.path, outer.requests[-1]["json"]), {})
                     if item is None:
                         outer.overrun.append(self.path)
                 if item is None:

@@ -113,3 +113,38 @@ def test_gated_replies_follow_the_gate(tiny_model_dir):
     fake_tagged = ["<guard> x"] * 3
     banned = gated_replies(model, tok, prompts, [0.1, 0.1, 0.1], 0.5, "<guard>", fake_tagged, 8, 4)
     assert not any(r.startswith("<") for r in banned)
+
+
+def test_llm_judge_and_llama_guard_over_http(tiny_model_dir, trained, monkeypatch):
+    """evaluate end to end against a scripted OpenAI-compatible server: judge verdicts and Llama Guard
+    decisions flow into the metrics; a second run is answered from the judge cache."""
+    from personaguard import evaluate
+    from personaguard.config import EndpointConfig
+    from tests.scripted_openai import ScriptedOpenAI, chat_body, completion_body
+
+    monkeypatch.setenv("PG_EVAL_KEY", "sk-eval-secret")
+
+    def rule(path, body):
+        if path.endswith("/chat/completions"):  # the judge: every verdict says "adheres"
+            return 200, chat_body(json.dumps({"explanation": "fine", "valid": True, "adheres": True}))
+        return 200, completion_body("unsafe\nS1" if "voting" in body["prompt"].split("<END CONVERSATION>")[0][-400:] else "safe")
+
+    out = trained / "eval_http"
+    with ScriptedOpenAI() as server:
+        server.respond_with(rule)
+        ep = EndpointConfig(base_url=server.base_url, model="judge-x", api_key_env="PG_EVAL_KEY")
+        lg = EndpointConfig(base_url=server.base_url, model="llama-guard-3", api_key_env="PG_EVAL_KEY")
+        cfg = EvaluateConfig(model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"),
+                             out_dir=str(out), settings=["adapter", "llama_guard"], judge=ep, llama_guard=lg,
+                             max_new_tokens=4, batch_size=4)
+        res = evaluate.run(cfg)
+        n_first = len(server.requests)
+        assert sum(r["path"].endswith("/chat/completions") for r in server.requests) >= 1
+        evaluate.run(cfg)
+        judge_again = [r for r in server.requests[n_first:] if r["path"].endswith("/chat/completions")]
+    assert res.metrics["adapter"]["adherence"] == 1.0 and res.metrics["adapter"]["neutral_preserved"] == 1.0
+    assert res.metrics["llama_guard"]["tag_rate"] == 1.0 and res.metrics["llama_guard"]["false_tag_rate"] == 0.0
+    assert judge_again == []  # every verdict came from judge_cache.jsonl
+    meta = json.loads((out / "metrics.json").read_text())["meta"]
+    assert meta["judge"].startswith("LLM (judge-x)")
+    assert "sk-eval-secret" not in "".join(p.read_text() for p in out.iterdir() if p.is_file())
