@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from personaguard.config import EvaluateConfig, PipelineConfig, TrainConfig, load_config
@@ -43,3 +45,11 @@ def test_shipped_configs_validate():
         cfg = load_config(PipelineConfig, f)
         for g in cfg.guardrails:
             stage_configs(cfg, g, str(f))
+
+
+def test_pipeline_fills_in_the_embedding_baselines_training_data():
+    from personaguard.pipeline import stage_configs
+
+    cfg = load_config(PipelineConfig, None, ["run_dir=r", "evaluate.settings=[none,embedding]"])
+    _, t, evals = stage_configs(cfg, "politics")
+    assert evals[0].baseline_train_data == str(Path(t.data_dir) / "train.jsonl")

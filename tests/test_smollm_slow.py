@@ -30,26 +30,35 @@ def test_converted_model_is_plain_and_chats(smol):
     assert len(reply.split()) >= 3
 
 
-def test_few_orpo_steps_raise_guard_score(smol, tmp_path):
-    from peft import PeftModel
-
+@pytest.fixture(scope="module")
+def politics_run(smol, tmp_path_factory):
+    """Six ORPO steps on the real model: enough to move the guard score, cheap enough for CI."""
     from personaguard import generate, train
     from personaguard.config import GenerateConfig, TrainConfig
+
+    root = tmp_path_factory.mktemp("smol")
+    data = generate.run(GenerateConfig(guardrail="politics", n=60, test_fraction=0.2, val_fraction=0.1, out_dir=str(root / "d")))
+    train.run(TrainConfig(model=smol, data_dir=str(data.data_dir), out_dir=str(root / "a"), max_steps=6,
+                          batch_size=4, lr=2e-3, max_prompt_tokens=192, max_reply_tokens=32, save_steps=100))
+    return data.data_dir, root / "a"
+
+
+def test_few_orpo_steps_raise_guard_score(smol, politics_run):
+    from peft import PeftModel
+
     from personaguard.inference import guard_scores
     from personaguard.models import load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot, read_jsonl
 
-    data = generate.run(GenerateConfig(guardrail="politics", n=60, test_fraction=0.2, val_fraction=0.0, out_dir=str(tmp_path / "d")))
-    test = [s for s in read_jsonl(data.data_dir / "test.jsonl", Snapshot) if s.label == "politics"][:6]
+    data_dir, adapter = politics_run
+    test = [s for s in read_jsonl(data_dir / "test.jsonl", Snapshot) if s.label == "politics"][:6]
     base, tok = load_model(smol)
     prompts = [prompt_ids(tok, s, 192) for s in test]
     before, _ = guard_scores(base, tok, prompts, "<guard>")
     reference = {k: v.clone() for k, v in base.state_dict().items()}
 
-    train.run(TrainConfig(model=smol, data_dir=str(data.data_dir), out_dir=str(tmp_path / "a"), max_steps=6,
-                          batch_size=4, lr=2e-3, max_prompt_tokens=192, max_reply_tokens=32, save_steps=100))
-    model = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
     after, _ = guard_scores(model, tok, prompts, "<guard>")
     # six steps move the tag probability by orders of magnitude (1e-10 -> 1e-3 seen here), so compare logs
     mean_log = lambda xs: sum(math.log(max(x, 1e-30)) for x in xs) / len(xs)  # noqa: E731
@@ -59,3 +68,30 @@ def test_few_orpo_steps_raise_guard_score(smol, tmp_path):
     for k, v in reference.items():
         wrapped = k.replace(".weight", ".base_layer.weight")
         assert torch.equal(state.get(wrapped, state.get(k)), v), k
+
+
+def test_adapter_against_every_offline_baseline(smol, politics_run):
+    """The comparison table of issue 4 on the real model: base, adapter (plain and gated), guardrail in
+    the system prompt, embedding classifier (packaged MiniLM) -- same items, same metrics."""
+    import json
+
+    from personaguard import evaluate
+    from personaguard.config import EvaluateConfig
+
+    data_dir, adapter = politics_run
+    out = adapter.parent / "eval"
+    res = evaluate.run(EvaluateConfig(
+        model=smol, adapter=str(adapter), data=str(data_dir / "test.jsonl"), out_dir=str(out),
+        settings=["none", "adapter", "adapter_gated", "system_prompt", "embedding"],
+        baseline_train_data=str(data_dir / "train.jsonl"), max_new_tokens=12, max_prompt_tokens=192, batch_size=6,
+    ))
+    assert set(res.metrics) == {"none", "adapter", "adapter_gated", "system_prompt", "embedding"}
+    for name, m in res.metrics.items():
+        assert m["n_triggering"] + m["n_neutral"] == 12, name
+        assert m["auroc"] is not None and m["latency_guard_s"] > 0, name
+    assert res.metrics["none"]["tag_rate"] == 0.0  # the base model never invents the tag
+    # the guard score of the trained adapter ranks triggering above neutral better than the base model's
+    assert res.metrics["adapter"]["auroc"] > res.metrics["none"]["auroc"]
+    report = (out / "report.md").read_text()
+    assert all(f"| {s} |" in report for s in res.metrics)
+    assert json.loads((out / "metrics.json").read_text())["settings"]["embedding"]["auroc"] >= 0.5

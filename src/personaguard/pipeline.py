@@ -42,8 +42,10 @@ def stage_configs(cfg: PipelineConfig, guardrail: str, source: str = "config"):
     evals = []
     for data in [str(data_dir / "test.jsonl"), *cfg.extra_eval_data]:
         name = "test" if data.endswith("test.jsonl") and Path(data).parent == data_dir else Path(data).stem
-        evals.append(build(EvaluateConfig, {"guardrails_dir": cfg.guardrails_dir, "max_prompt_tokens": t.max_prompt_tokens,
-                                            **cfg.evaluate, "model": cfg.model,
+        defaults = {"guardrails_dir": cfg.guardrails_dir, "max_prompt_tokens": t.max_prompt_tokens}
+        if "embedding" in cfg.evaluate.get("settings", []):
+            defaults["baseline_train_data"] = str(data_dir / "train.jsonl")  # the adapter's own training data
+        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate, "model": cfg.model,
                                             "adapter": str(adapter), "guardrail": guardrail, "data": data,
                                             "out_dir": str(run_dir / "eval" / Path(guardrail).stem / name)},
                            f"{source} (evaluate)"))
