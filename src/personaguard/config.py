@@ -146,6 +146,37 @@ class EvaluateConfig(_Strict):
         return self
 
 
+StackMethod = Literal["dynamic", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+
+
+class StackEvalConfig(_Strict):
+    model: str = Field(EMBEDDED, description="Base model every member adapter was trained on.")
+    adapters: dict[str, str] = Field(..., description="Guardrail name -> its adapter folder (two or more).")
+    test_data: dict[str, str] = Field(..., description="Guardrail name -> its test JSONL (triggering + neutral items).")
+    out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    methods: list[StackMethod] = Field(
+        ["dynamic", "cat", "svd", "linear"],
+        description="dynamic = all adapters active at once (exact sum, no merge); others = personaguard merge --method.")
+    density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
+    svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
+    per_guardrail: int = Field(0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all).")
+    double_trigger: bool = Field(True, description="Also answer the packaged double-trigger messages (two guardrails at once).")
+    seed: int = Field(0, description="Seed for the double-trigger snapshots' personas and histories.")
+    max_new_tokens: int = Field(32, ge=4, description="Reply length generated per item.")
+    batch_size: int = Field(16, ge=1, description="Items per generation batch.")
+    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
+    load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StackEvalConfig":
+        if len(self.adapters) < 2:
+            raise ValueError(f"adapters: a stack needs two or more guardrail adapters, got {len(self.adapters)}")
+        return self
+
+
 class PipelineConfig(_Strict):
     model: str = Field(EMBEDDED, description="Base model for every stage.")
     guardrails: list[str] = Field(["politics"], min_length=1, description="Guardrails to build, one adapter each.")
@@ -155,6 +186,20 @@ class PipelineConfig(_Strict):
     train: dict = Field(default_factory=dict, description="TrainConfig fields (model/data/out are filled in).")
     evaluate: dict = Field(default_factory=dict, description="EvaluateConfig fields (model/adapter/data/out are filled in).")
     extra_eval_data: list[str] = Field(default_factory=list, description="More Snapshot JSONL files to evaluate each adapter on.")
+    variations: dict[str, list[Variation]] = Field(
+        default_factory=dict, description="Extra dataset variations per guardrail (e.g. politics: [fixed_character]); each "
+        "trains its own adapter, evaluated on its own test split and on the main variation's, for the variation table.")
+    stack: dict | None = Field(None, description="StackEvalConfig fields (adapters/test_data/out_dir are filled in): "
+                               "evaluate all guardrails' main adapters stacked; needs two or more guardrails.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        unknown = sorted(set(self.variations) - set(self.guardrails))
+        if unknown:
+            raise ValueError(f"variations names {unknown}, which are not in guardrails {self.guardrails}; add them there or drop them")
+        if self.stack is not None and len(self.guardrails) < 2:
+            raise ValueError("stack is set but guardrails has fewer than two entries; list two or more or drop stack")
+        return self
 
 
 def _set_path(data: dict, dotted: str, value) -> None:

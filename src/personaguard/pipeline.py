@@ -2,54 +2,110 @@
 
 Usage:
     personaguard pipeline --config configs/quickstart.yaml [--start-step 2 --end-step 3]
+    personaguard pipeline --config configs/paper-cpu.yaml     # + variations and stacking
 
-Steps: 1 generate, 2 train, 3 evaluate (test split + `extra_eval_data`), 4 plots + report.html/md. Each step reads what the
-previous one wrote under `run_dir`, so a run can be continued from any step.
+Steps: 1 generate, 2 train, 3 evaluate (test split + `extra_eval_data`; then the variation table and,
+with `stack:`, the stacked guardrails), 4 plots + report.html/md. Each step reads what the previous
+one wrote under `run_dir`, so a run can be continued from any step.
+
+A *unit* is one adapter: a guardrail with its main variation (folder `<guardrail>`) or with an extra
+variation from `variations:` (folder `<guardrail>_<variation>`), which is also evaluated on the main
+variation's test split -- the paper's question is how well a narrow data set generalises to the full one.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import evaluate, generate, train
-from .config import EvaluateConfig, GenerateConfig, PipelineConfig, TrainConfig, build, dump_yaml
+from .config import EvaluateConfig, GenerateConfig, PipelineConfig, StackEvalConfig, TrainConfig, build, dump_yaml
 from .errors import PersonaguardError
 from .evaluate import summary_table
+from .metrics import fmt
 from .schema import write_text_atomic
 
 STEPS = {1: "generate", 2: "train", 3: "evaluate", 4: "report"}
+VARIATION_KEYS = ("tag_rate", "false_tag_rate", "auroc")
+
+
+@dataclass
+class Unit:
+    name: str  # folder name under adapters/ and eval/
+    guardrail: str
+    gen: GenerateConfig
+    train: TrainConfig
+    evals: list[EvaluateConfig]
 
 
 @dataclass
 class PipelineResult:
     run_dir: Path
-    metrics: dict[str, dict] = field(default_factory=dict)  # "guardrail / data / setting" -> metrics
+    metrics: dict[str, dict] = field(default_factory=dict)  # "unit / data / setting" -> metrics
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def stage_configs(cfg: PipelineConfig, guardrail: str, source: str = "config"):
-    """The three stage configs for one guardrail, paths filled in under run_dir."""
-    run_dir = Path(cfg.run_dir)
-    g = build(GenerateConfig, {"guardrails_dir": cfg.guardrails_dir, **cfg.generate, "guardrail": guardrail,
-                               "out_dir": str(run_dir / "data")}, f"{source} (generate)")
-    data_dir = run_dir / "data" / f"{Path(guardrail).stem}_{g.variation}"
-    adapter = run_dir / "adapters" / Path(guardrail).stem
+def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | None = None,
+          main_test: Path | None = None) -> Unit:
+    run_dir, stem = Path(cfg.run_dir), Path(guardrail).stem
+    gen_fields = {"guardrails_dir": cfg.guardrails_dir, **cfg.generate, "guardrail": guardrail, "out_dir": str(run_dir / "data")}
+    if variation:
+        gen_fields["variation"] = variation
+    g = build(GenerateConfig, gen_fields, f"{source} (generate)")
+    name = f"{stem}_{variation}" if variation else stem
+    data_dir = run_dir / "data" / f"{stem}_{g.variation}"
+    adapter = run_dir / "adapters" / name
     t = build(TrainConfig, {"guardrails_dir": cfg.guardrails_dir, **cfg.train, "model": cfg.model, "guardrail": guardrail,
                             "data_dir": str(data_dir), "out_dir": str(adapter)}, f"{source} (train)")
+    datasets = [("test", data_dir / "test.jsonl")]
+    if main_test is not None:
+        datasets.append((f"test_{main_test.parent.name.removeprefix(stem + '_')}", main_test))
+    datasets += [(Path(d).stem, Path(d)) for d in cfg.extra_eval_data]
     evals = []
-    for data in [str(data_dir / "test.jsonl"), *cfg.extra_eval_data]:
-        name = "test" if data.endswith("test.jsonl") and Path(data).parent == data_dir else Path(data).stem
+    for data_name, data in datasets:
         defaults = {"guardrails_dir": cfg.guardrails_dir, "max_prompt_tokens": t.max_prompt_tokens}
         if "embedding" in cfg.evaluate.get("settings", []):
             defaults["baseline_train_data"] = str(data_dir / "train.jsonl")  # the adapter's own training data
-        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate, "model": cfg.model,
-                                            "adapter": str(adapter), "guardrail": guardrail, "data": data,
-                                            "out_dir": str(run_dir / "eval" / Path(guardrail).stem / name)},
-                           f"{source} (evaluate)"))
-    return g, t, evals
+        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate, "model": cfg.model, "adapter": str(adapter),
+                                            "guardrail": guardrail, "data": str(data),
+                                            "out_dir": str(run_dir / "eval" / name / data_name)}, f"{source} (evaluate)"))
+    return Unit(name, guardrail, g, t, evals)
+
+
+def units(cfg: PipelineConfig, source: str = "config") -> list[Unit]:
+    """Every adapter the config asks for: the main one per guardrail, then its extra variations."""
+    out = []
+    for guardrail in cfg.guardrails:
+        main = _unit(cfg, guardrail, source)
+        out.append(main)
+        main_test = Path(main.train.data_dir) / "test.jsonl"
+        out += [_unit(cfg, guardrail, source, v, main_test) for v in cfg.variations.get(guardrail, []) if v != main.gen.variation]
+    return out
+
+
+def stage_configs(cfg: PipelineConfig, guardrail: str, source: str = "config"):
+    """The three stage configs of one guardrail's main adapter, paths filled in under run_dir."""
+    u = _unit(cfg, guardrail, source)
+    return u.gen, u.train, u.evals
+
+
+def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> StackEvalConfig | None:
+    if cfg.stack is None:
+        return None
+    mains = {u.guardrail: u for u in plan if u.name == Path(u.guardrail).stem}
+    first = next(iter(mains.values()))
+    return build(StackEvalConfig, {
+        "max_prompt_tokens": first.train.max_prompt_tokens, "guardrails_dir": cfg.guardrails_dir,
+        **{k: v for k, v in cfg.evaluate.items() if k in ("max_new_tokens", "batch_size", "device", "precision", "load_in_4bit")},
+        **cfg.stack, "model": cfg.model,
+        "adapters": {g: u.train.out_dir for g, u in mains.items()},
+        "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
+        "out_dir": str(Path(cfg.run_dir) / "stacks"),
+    }, f"{source} (stack)")
 
 
 def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str = "config") -> PipelineResult:
@@ -59,20 +115,30 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "pipeline_config.yaml", dump_yaml(cfg))
     result = PipelineResult(run_dir)
-    plans = [(name, *stage_configs(cfg, name, source)) for name in cfg.guardrails]  # validate everything first
-    for name, g, t, evals in plans:
+    plan = units(cfg, source)  # validate everything first
+    stack_cfg = stack_config(cfg, plan, source)
+    for u in plan:
         for step in range(start_step, min(end_step, 3) + 1):
             t0 = time.perf_counter()
             if step == 1:
-                generate.run(g)
+                generate.run(u.gen)  # a variation shared by two units is generated once (resume skips done ids)
             elif step == 2:
-                train.run(t)
+                train.run(u.train)
             else:
-                for e in evals:
+                for e in u.evals:
                     res = evaluate.run(e)
                     for setting, m in res.metrics.items():
-                        result.metrics[f"{Path(name).stem} / {Path(e.out_dir).name} / {setting}"] = m
-            result.seconds[f"{Path(name).stem}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
+                        result.metrics[f"{u.name} / {Path(e.out_dir).name} / {setting}"] = m
+            result.seconds[f"{u.name}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
+    if start_step <= 3 <= end_step:
+        if cfg.variations:
+            write_variation_table(run_dir, plan)
+        if stack_cfg is not None:
+            from . import stack_eval
+
+            t0 = time.perf_counter()
+            stack_eval.run(stack_cfg)
+            result.seconds["stack"] = round(time.perf_counter() - t0, 1)
     if end_step >= 4:
         from . import report
 
@@ -80,7 +146,37 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
         report.run(run_dir)
         result.seconds["report"] = round(time.perf_counter() - t0, 1)
     if result.metrics:
-        table = summary_table(result.metrics, "guardrail / data / setting")
+        table = summary_table(result.metrics, "adapter / data / setting")
         write_text_atomic(run_dir / "summary.md", f"# Pipeline summary\n\n{table}\n\nStage seconds: {result.seconds}\n")
         write_text_atomic(run_dir / "summary.json", json.dumps({"metrics": result.metrics, "seconds": result.seconds}, indent=2))
     return result
+
+
+def write_variation_table(run_dir: Path, plan: list[Unit]) -> None:
+    """variations.csv/.md: each adapter (setting `adapter`) on its own test split and on the main one's."""
+    rows = []
+    for u in plan:
+        own = {Path(e.out_dir).name: Path(e.out_dir) / "metrics.json" for e in u.evals}
+        main_key = next((k for k in own if k.startswith("test_")), "test")
+        cells = {}
+        for label, key in (("own", "test"), ("main", main_key)):
+            path = own.get(key)
+            if path and path.is_file():
+                m = json.loads(path.read_text(encoding="utf-8"))["settings"].get("adapter", {})
+                cells.update({f"{label}_{k}": m.get(k) for k in VARIATION_KEYS})
+        rows.append({"guardrail": Path(u.guardrail).stem, "variation": u.gen.variation, "adapter": u.name, **cells})
+    cols = ["guardrail", "variation", "adapter"] + [f"{s}_{k}" for s in ("own", "main") for k in VARIATION_KEYS]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(run_dir / "variations.csv", buf.getvalue())
+    lines = ["# Dataset variations", "",
+             "Adapter (greedy) on its own variation's test split and on the main variation's test split: "
+             "tag rate / false tag rate / AUROC.", "",
+             "| guardrail | variation | own test | main test |", "|---|---|---|---|"]
+    for r in rows:
+        own = " / ".join(fmt(r.get(f"own_{k}")) for k in VARIATION_KEYS)
+        main = " / ".join(fmt(r.get(f"main_{k}")) for k in VARIATION_KEYS) if r["adapter"] != r["guardrail"] else "(same)"
+        lines.append(f"| {r['guardrail']} | {r['variation']} | {own} | {main} |")
+    write_text_atomic(run_dir / "variations.md", "\n".join(lines) + "\n")

@@ -91,6 +91,14 @@ def detection_bars(run_dir: Path, out: Path) -> Path | None:
     return dest
 
 
+def eval_guardrail(d: Path) -> str:
+    """The guardrail an eval folder scored (its metrics.json says; the folder may be `<guardrail>_<variation>`)."""
+    try:
+        return json.loads((d / "metrics.json").read_text(encoding="utf-8"))["meta"]["guardrail"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return d.parent.name
+
+
 def _predictions(d: Path) -> list[dict]:
     path = d / "predictions.jsonl"
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
@@ -104,7 +112,7 @@ def roc_and_histograms(run_dir: Path, out: Path) -> list[Path]:
         preds = _predictions(d)
         if not preds:
             continue
-        guardrail = d.parent.name
+        guardrail = eval_guardrail(d)
         settings = sorted({p["setting"] for p in preds})
         fig, axes = plt.subplots(1, 1 + len(settings), figsize=(4.2 * (1 + len(settings)), 3.6))
         for s in settings:
@@ -157,11 +165,40 @@ def checkpoint_curves(run_dir: Path, out: Path) -> Path | None:
     return dest
 
 
+def stacking_bars(run_dir: Path, out: Path) -> Path | None:
+    """Per guardrail: tag rate (solid) and false tag rate (hatched) for none / single / each stack."""
+    path = run_dir / "stacks" / "stack_metrics.json"
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text(encoding="utf-8"))["table"]
+    settings = list(dict.fromkeys(s for per in table.values() for s in per))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) * len(settings) / 3), 4))
+    width = 0.8 / len(settings)
+    for k, s in enumerate(settings):
+        xs = [i + (k - (len(settings) - 1) / 2) * width for i in range(len(table))]
+        tag = [per.get(s, {}).get("tag_rate") or 0.0 for per in table.values()]
+        false = [per.get(s, {}).get("false_tag_rate") or 0.0 for per in table.values()]
+        bars = ax.bar(xs, tag, width, label=s)
+        ax.bar(xs, false, width * 0.5, color="none", edgecolor=bars[0].get_facecolor(), hatch="///")
+    ax.set_xticks(range(len(table)))
+    ax.set_xticklabels(list(table))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("tag rate (bars) / false tag rate (hatched)")
+    ax.set_title("Stacked guardrails: each member's tag rate, single vs stacked vs merged")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    dest = out / "stacking_bars.png"
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+    return dest
+
+
 def run(run_dir: str | Path) -> list[Path]:
     """Write every plot the run folder has data for; returns their paths."""
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     paths = [training_curves(run_dir, out), checkpoint_curves(run_dir, out), detection_bars(run_dir, out),
-             *roc_and_histograms(run_dir, out)]
+             stacking_bars(run_dir, out), *roc_and_histograms(run_dir, out)]
     return [p for p in paths if p is not None]

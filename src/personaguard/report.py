@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .evaluate import cell
+from .plot import eval_guardrail
 from .schema import write_text_atomic
 
 COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adherence", "adherence"),
@@ -35,7 +36,7 @@ def collect(run_dir: Path) -> dict[str, dict]:
 def _examples(run_dir: Path, limit: int = 5) -> list[tuple[str, list[dict]]]:
     out = []
     for pfile in sorted(run_dir.glob("eval/*/*/predictions.jsonl")):
-        guardrail = pfile.parent.parent.name
+        guardrail = eval_guardrail(pfile.parent)
         preds = [json.loads(x) for x in pfile.read_text(encoding="utf-8").splitlines() if x.strip()]
         for setting in sorted({p["setting"] for p in preds}):
             for title, want in (("triggering", True), ("neutral", False)):
@@ -47,11 +48,47 @@ def _examples(run_dir: Path, limit: int = 5) -> list[tuple[str, list[dict]]]:
     return out
 
 
+# Tables written by other stages, shown in the report when the run has them.
+SECTION_FILES = (("Dataset variations", "variations.md"), ("Stacked guardrails", "stacks/stack_table.md"))
+
+
+def _sections(run_dir: Path) -> list[tuple[str, str]]:
+    """(title, markdown body without its H1) of every section file the run has."""
+    out = []
+    for title, rel in SECTION_FILES:
+        path = run_dir / rel
+        if path.is_file():
+            body = "\n".join(x for x in path.read_text(encoding="utf-8").splitlines() if not x.startswith("# "))
+            out.append((title, body.strip()))
+    return out
+
+
+def _md_to_html(body: str) -> str:
+    """Just enough Markdown for the section files: pipe tables and paragraphs."""
+    e = html.escape
+    parts, table = [], []
+    for line in body.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{e(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            parts.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.strip():
+            parts.append(f"<p>{e(line)}</p>")
+    return "".join(parts)
+
+
 def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
     lines = [f"# personaguard report — `{run_dir.name}`", "", "## Summary", "",
              "| guardrail / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     lines += [f"| {k} | " + " | ".join(cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
+    for title, body in _sections(run_dir):
+        lines += ["", f"## {title}", "", body]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += ["", "## Examples", ""]
     for title, items in _examples(run_dir):
@@ -93,7 +130,8 @@ def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
             f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
             f"<h2>Summary</h2><table id='summary'><tr><th>guardrail / data / setting</th>{head}</tr>{body}</table>"
-            f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>")
+            + "".join(f"<h2>{e(t)}</h2>{_md_to_html(b)}" for t, b in _sections(run_dir))
+            + f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>")
 
 
 def run(run_dir: str | Path) -> tuple[Path, Path]:

@@ -1,0 +1,219 @@
+"""Evaluate several guardrails at once: no adapter, each adapter alone, and the stack (dynamic or merged).
+
+Usage:
+    personaguard pipeline --config configs/paper-cpu.yaml          # step 3 ends with this stage
+    from personaguard.stack_eval import run
+    run(StackEvalConfig(adapters={"politics": "runs/a/adapters/politics", "meeting": "runs/a/adapters/meeting"},
+                        test_data={"politics": ".../politics_vary_all/test.jsonl", "meeting": ".../meeting_vary_all/test.jsonl"},
+                        out_dir="runs/a/stacks"))
+
+Every setting answers the SAME items: each member's triggering test items, the neutral test items of
+all members (the shared neutral set) and a small packaged set of double-trigger messages (meet me at a
+political rally). All adapters and merged stacks sit on ONE base model and are switched with
+`stack.activate`, so the base loads once and each setting costs only its generation.
+
+Per guardrail g the metrics are those of a single adapter (tag rate on g's items, false tag rate on
+neutral items, AUROC...) computed over g's items plus the neutral ones; the table puts no adapter /
+single / dynamic / each merge side by side (the paper's Table 2 shape). Each single adapter's tag rate
+on the OTHER guardrails' items is reported too ("cross" tag rate): with cross-negative training data it
+should fall, while a stack must still tag those items (another member fires).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import EvaluateConfig, StackEvalConfig, dump_yaml
+from .errors import PersonaguardError
+from .guardrails import get_guardrail
+from .metrics import detection_metrics, fmt, starts_with_tag
+from .schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
+
+TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
+
+
+@dataclass
+class StackEvalResult:
+    out_dir: Path
+    table: dict[str, dict[str, dict]]  # guardrail -> setting -> metrics
+    double_trigger: dict[str, dict]  # setting -> {n, tag_rate}
+    merges: dict[str, dict] = field(default_factory=dict)  # method -> what merge() recorded
+
+
+def double_trigger_items(seed: int = 0) -> list[Snapshot]:
+    """The packaged double-trigger messages as snapshots with held-out personas and histories."""
+    from importlib import resources
+
+    from .pools import load_pools
+
+    raw = json.loads((resources.files("personaguard") / "pools" / "double_triggers.json").read_text(encoding="utf-8"))
+    side = load_pools().side(test=True)
+    rng = random.Random(f"{seed}-double")
+    return [
+        Snapshot(id=f"double-{i:03d}", persona=rng.choice(side.personas), history=rng.choice(side.histories),
+                 memories=rng.sample(side.memories, k=rng.choice([0, 1])), message=item["text"], label=NONE_LABEL,
+                 kind="double_trigger", labels=item["labels"])
+        for i, item in enumerate(raw["items"])
+    ]
+
+
+def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int) -> list[Snapshot]:
+    """Each member's triggering items plus its neutral items (up to `per_guardrail` of each, 0 = all)."""
+    items = []
+    for g, path in test_data.items():
+        rows = read_jsonl(path, Snapshot, allowed_labels=labels)
+        trig = [r for r in rows if r.label == g]
+        neu = [r for r in rows if r.label == NONE_LABEL]
+        if per_guardrail:
+            trig, neu = trig[:per_guardrail], neu[:per_guardrail]
+        items += trig + neu
+    ids = [s.id for s in items]
+    if len(set(ids)) != len(ids):
+        raise PersonaguardError("stack evaluation: the members' test files share item ids; give each its own generated test split")
+    return items
+
+
+def _merged(cfg: StackEvalConfig, method: str, dirs: list[str], out: Path) -> tuple[Path, dict]:
+    """The merged adapter for `method`, made once: a re-run reuses a folder merged from the same sources."""
+    from .stack import merge
+
+    dest = out / "merged" / method
+    record = dest / "merge.json"
+    if record.is_file():
+        info = json.loads(record.read_text(encoding="utf-8"))
+        if info.get("sources") == [str(Path(d).resolve()) for d in dirs] and info.get("method") == method:
+            return dest, info
+        raise PersonaguardError(f"{dest} holds a merge of other adapters; delete it or use another out_dir")
+    density = cfg.density if method in ("ties", "dare_ties", "dare_linear") else None
+    info = merge(dirs, method, None, dest, density, svd_rank=cfg.svd_rank if method == "svd" else None, model=cfg.model)
+    return dest, info
+
+
+def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
+    """Single-adapter metrics of guardrail g over its own and the neutral items; per_label over all."""
+    own = [r for r in rows if r["label"] in (g, NONE_LABEL) and r.get("kind") != "double_trigger"]
+    m = detection_metrics(own, g, tag)
+    m["per_label"] = detection_metrics([r for r in rows if r.get("kind") != "double_trigger"], g, tag)["per_label"]
+    return m
+
+
+def run(cfg: StackEvalConfig) -> StackEvalResult:
+    from .evaluate import predict
+    from .models import LoadOptions, load_model
+    from .stack import activate, load_stack
+
+    extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
+    members = {name: get_guardrail(name, extra) for name in cfg.adapters}
+    tags = {g.tag for g in members.values()}
+    if len(tags) != 1:
+        raise PersonaguardError(f"stacked guardrails must share one tag (a stacked reply begins with it); got {sorted(tags)}")
+    if set(cfg.test_data) != set(cfg.adapters):
+        raise PersonaguardError(f"stack evaluation: test_data names {sorted(cfg.test_data)} must match adapters {sorted(cfg.adapters)}")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = shared_items(cfg.test_data, set(members) | {NONE_LABEL}, cfg.per_guardrail)
+    double = double_trigger_items(cfg.seed) if cfg.double_trigger else []
+    every = items + double
+
+    dirs = [cfg.adapters[g] for g in members]
+    merges, merged_dirs = {}, {}
+    for method in cfg.methods:
+        if method != "dynamic":
+            merged_dirs[method], merges[method] = _merged(cfg, method, dirs, out)
+    model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
+    model, names = load_stack(model, dirs + [str(d) for d in merged_dirs.values()])
+    member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):]))
+    settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
+    settings += [(m, member_names if m == "dynamic" else [merged_names[m]]) for m in cfg.methods]
+
+    ecfg = EvaluateConfig(model=cfg.model, data=str(out), out_dir=str(out), settings=["none"], max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
+    first = next(iter(members.values()))  # the guard score is the tag's probability: the same for every member
+    tag = first.tag
+    preds, table, dt = [], {g: {} for g in members}, {}
+    for setting, active in tqdm(settings, desc="stack settings", unit="setting"):
+        activate(model, active)
+        rows = predict(model, tok, every, ecfg, first, setting)
+        for r, s in zip(rows, every):
+            if s.id.startswith("double-"):
+                r["labels"] = (s.model_extra or {}).get("labels")
+        preds += rows
+        for g in members:
+            if setting.startswith("single:") and setting != f"single:{g}":
+                continue  # another member alone: reported as its cross tag rate, not in g's row
+            table[g]["single" if setting.startswith("single:") else setting] = guardrail_metrics(rows, g, tag)
+        drows = [r for r in rows if r.get("kind") == "double_trigger"]
+        if drows:
+            dt[setting] = {"n": len(drows), "tag_rate": sum(starts_with_tag(r["reply"], tag) for r in drows) / len(drows)}
+    activate(model, member_names)
+
+    write_jsonl_atomic(out / "predictions.jsonl", preds)
+    meta = {"model": cfg.model, "adapters": cfg.adapters, "methods": cfg.methods, "n_items": len(items), "n_double": len(double)}
+    result = {"meta": meta, "table": table, "double_trigger": dt,
+              "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
+    write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    write_text_atomic(out / "stack_table.csv", table_csv(table))
+    write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"]))
+    return StackEvalResult(out, table, dt, merges)
+
+
+def _order(table: dict[str, dict[str, dict]]) -> list[str]:
+    return list(dict.fromkeys(s for per in table.values() for s in per))
+
+
+def table_csv(table: dict[str, dict[str, dict]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["guardrail", "setting", *TABLE_KEYS, "n_triggering", "n_neutral"])
+    for g, per in table.items():
+        for s, m in per.items():
+            w.writerow([g, s, *(m.get(k) for k in TABLE_KEYS), m["n_triggering"], m["n_neutral"]])
+    return buf.getvalue()
+
+
+def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict]) -> str:
+    settings = _order(table)
+    lines = ["# Stacked guardrails", "",
+             "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.", "",
+             "| guardrail | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for g, per in table.items():
+        cells = [f"{fmt(per[s]['tag_rate'])} / {fmt(per[s]['false_tag_rate'])}" if s in per else "–" for s in settings]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += ["", "Relative to the single adapter: stacked tag rate / single tag rate, and false tag rate above single.", "",
+              "| guardrail | " + " | ".join(s for s in settings if s not in ("none", "single")) + " |",
+              "|---|" + "---|" * len([s for s in settings if s not in ("none", "single")])]
+    for g, per in table.items():
+        single = per.get("single", {})
+        cells = []
+        for s in settings:
+            if s in ("none", "single"):
+                continue
+            m = per.get(s, {})
+            ratio = m.get("tag_rate") / single["tag_rate"] if single.get("tag_rate") and m.get("tag_rate") is not None else None
+            extra = (m.get("false_tag_rate") - single["false_tag_rate"]) if None not in (m.get("false_tag_rate"), single.get("false_tag_rate")) else None
+            cells.append(f"{fmt(ratio)} / {'+' if (extra or 0) >= 0 else ''}{fmt(extra)}")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    others = sorted({lab for per in table.values() for lab in per.get("single", {}).get("per_label", {})} - {NONE_LABEL})
+    if others:
+        lines += ["", "Single adapters on the other guardrails' triggering items (tag rate; low = the adapter keeps to its own trigger):", "",
+                  "| adapter | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for g, per in table.items():
+            pl = per.get("single", {}).get("per_label", {})
+            lines.append(f"| {g} | " + " | ".join(fmt(pl[o]["tag_rate"]) if o in pl else "–" for o in others) + " |")
+    if double:
+        lines += ["", "Double-trigger messages (two guardrails at once; the reply must begin with the tag):", "",
+                  "| setting | n | tag rate |", "|---|---|---|"]
+        lines += [f"| {s} | {d['n']} | {fmt(d['tag_rate'])} |" for s, d in double.items()]
+    if merges:
+        lines += ["", "| merge | rank | seconds (add_weighted_adapter) | seconds (total) |", "|---|---|---|---|"]
+        lines += [f"| {m} | {i.get('rank')} | {fmt(i.get('merge_seconds'))} | {fmt(i.get('seconds'))} |" for m, i in merges.items()]
+    return "\n".join(lines) + "\n"

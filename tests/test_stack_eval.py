@@ -1,0 +1,89 @@
+"""Stack evaluation on the tiny model: every setting answers the same items, the dynamic stack and
+its cat merge agree, linear does not, double-trigger items are counted, merges are reused."""
+
+import json
+
+import pytest
+
+from personaguard.config import StackEvalConfig
+from personaguard.errors import PersonaguardError
+from personaguard.schema import Snapshot, write_jsonl_atomic
+from tests.test_stack import _random_adapter
+
+
+def _snaps(guardrail: str, messages: list[str], neutral: list[str]) -> list[Snapshot]:
+    rows = [Snapshot(id=f"{guardrail}-t{i}", message=m, label=guardrail, persona={"name": "Ada"}) for i, m in enumerate(messages)]
+    rows += [Snapshot(id=f"{guardrail}-n{i}", message=m, label="none", kind="neutral") for i, m in enumerate(neutral)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stackeval")
+    adapters = {g: _random_adapter(tiny_model_dir, root / g, seed) for g, seed in (("politics", 11), ("meeting", 12))}
+    test = {
+        "politics": _snaps("politics", ["Who are you voting for?", "What do you think of the president?"], ["I love baking bread"]),
+        "meeting": _snaps("meeting", ["Can we meet for coffee tomorrow?", "What is your phone number?"], ["haha nice, hiking today"]),
+    }
+    for g, rows in test.items():
+        write_jsonl_atomic(root / f"{g}.jsonl", rows)
+    cfg = StackEvalConfig(model=tiny_model_dir, adapters=adapters, test_data={g: str(root / f"{g}.jsonl") for g in test},
+                          out_dir=str(root / "stacks"), methods=["dynamic", "cat", "linear"], max_new_tokens=4, batch_size=8)
+    return cfg
+
+
+def test_stack_table_compares_single_dynamic_and_merges(setup):
+    from personaguard import stack_eval
+
+    res = stack_eval.run(setup)
+    assert set(res.table) == {"politics", "meeting"}
+    for g, per in res.table.items():
+        assert list(per) == ["none", "single", "dynamic", "cat", "linear"]
+        assert per["single"]["n_triggering"] == 2 and per["single"]["n_neutral"] == 2  # shared neutral set
+        assert set(per["single"]["per_label"]) == {"politics", "meeting", "none"}  # cross tag rates too
+    preds = [json.loads(x) for x in (res.out_dir / "predictions.jsonl").read_text().splitlines()]
+    by = {}
+    for p in preds:
+        by.setdefault(p["setting"], {})[p["id"]] = p
+    assert set(by) == {"none", "single:politics", "single:meeting", "dynamic", "cat", "linear"}
+    assert all(len(v) == 6 + 24 for v in by.values())  # 6 items + 24 double-trigger messages, every setting
+    # dynamic stacking is the exact sum, which is what cat writes; linear has cross terms
+    for i, p in by["dynamic"].items():
+        assert by["cat"][i]["guard_score"] == pytest.approx(p["guard_score"], rel=1e-4, abs=1e-9)
+        assert by["cat"][i]["reply"] == p["reply"]
+    assert any(abs(by["linear"][i]["guard_score"] - p["guard_score"]) > 1e-6 * max(p["guard_score"], 1e-12)
+               for i, p in by["dynamic"].items())
+    assert set(res.double_trigger) == set(by) and all(d["n"] == 24 for d in res.double_trigger.values())
+    assert {"cat", "linear"} == set(res.merges) and res.merges["cat"]["rank"] == 8
+    md = (res.out_dir / "stack_table.md").read_text()
+    assert "| politics |" in md and "Double-trigger" in md and "| cat | 8 |" in md
+    assert len((res.out_dir / "stack_table.csv").read_text().splitlines()) == 1 + 2 * 5
+
+
+def test_rerun_reuses_the_merged_adapters(setup):
+    from pathlib import Path
+
+    from personaguard import stack_eval
+
+    stack_eval.run(setup)  # the module's first test may not have run alone; make sure merges exist
+    record = Path(setup.out_dir) / "merged" / "cat" / "merge.json"
+    before = record.stat().st_mtime_ns
+    stack_eval.run(setup.model_copy(update={"methods": ["cat"], "double_trigger": False}))
+    assert record.stat().st_mtime_ns == before
+
+
+def test_stack_refuses_members_with_different_tags(setup, tmp_path):
+    from personaguard import stack_eval
+
+    gdir = tmp_path / "g"
+    gdir.mkdir()
+    (gdir / "shout.yaml").write_text("name: shout\ntrigger: The user shouts.\nresolution: Begin with the tag, calm down.\ntag: '<calm>'\n")
+    cfg = setup.model_copy(update={"guardrails_dir": str(gdir), "adapters": {"politics": setup.adapters["politics"], "shout": setup.adapters["meeting"]},
+                                   "test_data": {"politics": setup.test_data["politics"], "shout": setup.test_data["meeting"]}})
+    with pytest.raises(PersonaguardError, match="must share one tag"):
+        stack_eval.run(cfg)
+
+
+def test_a_stack_needs_two_adapters():
+    with pytest.raises(ValueError, match="two or more"):
+        StackEvalConfig(adapters={"politics": "a"}, test_data={"politics": "t"}, out_dir="o")
