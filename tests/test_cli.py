@@ -23,7 +23,7 @@ def test_help_lists_commands_without_torch():
 
 
 def test_every_command_has_help():
-    for cmd in (["pipeline"], ["generate"], ["train"], ["evaluate"], ["merge"], ["plot"], ["report"], ["models"], ["guardrails", "list"], ["guardrails", "show"]):
+    for cmd in (["pipeline"], ["generate"], ["train"], ["evaluate"], ["merge"], ["stack"], ["plot"], ["report"], ["models"], ["guardrails", "list"], ["guardrails", "show"]):
         assert runner.invoke(app, [*cmd, "--help"]).exit_code == 0
 
 

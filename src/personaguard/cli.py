@@ -143,6 +143,25 @@ def merge(
 
 
 @app.command()
+def stack(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out_dir: Optional[str] = typer.Option(None, help="Output folder (merged adapters, stack_metrics.json, stack_table.md/csv)."),
+):
+    """Evaluate guardrails stacked: none / each single / dynamic / merges on one shared item set.
+
+    Give members as `--set adapters={politics: DIR, meeting: DIR} --set test_data={politics: FILE, meeting: FILE}`
+    or in the YAML; `pipeline` with a `stack:` section fills them in.
+    """
+    from . import stack_eval
+    from .config import StackEvalConfig, load_config
+
+    cfg = load_config(StackEvalConfig, config, _overrides(set_, out_dir=out_dir))
+    res = stack_eval.run(cfg)
+    typer.echo((res.out_dir / "stack_table.md").read_text(encoding="utf-8"))
+
+
+@app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
     """Write PNG plots (training curves, detection bars, ROC, score histograms) into RUN_DIR/plots."""
     from . import plot as plot_mod
