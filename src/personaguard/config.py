@@ -34,6 +34,12 @@ class GenerateConfig(_Strict):
     trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
     hard_negative_share: float = Field(0.3, ge=0, le=1, description="Share of neutral examples that are near-miss messages.")
     cross_negative_share: float = Field(0.0, ge=0, le=1, description="Share of neutral examples whose message triggers another guardrail.")
+    continuation_share: float = Field(
+        0.25, ge=0, le=1, description="Share of neutral examples whose message is the next user turn of their own history "
+        "(a coherent continuation, as most real neutral turns are), with that conversation's reply as chosen.")
+    multi_message_share: float = Field(
+        0.25, ge=0, le=1, description="Share of final messages sent as several chat lines (a short lead line before it or a "
+        "tail after it, triggering or not), as people type in real chats.")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")

@@ -88,6 +88,7 @@ class OfflineGenerator:
         self.others = [t for name, t in sorted(self.p.triggers.items()) if name != guardrail.name]
         self.fixed_persona, self.fixed_history = fixed_parts(cfg, self.p, split)
         self.orders = {}  # per-pool permutations: messages are used without replacement, then cycled
+        self.long_histories = [h for h in self.p.histories if len(h) >= 4]  # leave >= 2 turns after taking the last pair
 
     def _nth(self, key: str, items: list, i: int):
         if key not in self.orders:
@@ -127,11 +128,18 @@ class OfflineGenerator:
                 kind = "hard_negative"
                 item = self._nth("hard", self.p.hard[self.g.name], i)
                 message, chosen = item["text"], item["reply"]
+            elif (r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
+                  and self.long_histories and self.cfg.variation != "fixed_history"):
+                # the conversation goes on: its next user turn is the message, its reply the chosen one
+                kind = "continuation"
+                conv = self._nth("continuation", self.long_histories, i)
+                history, message, chosen = conv[:-2], conv[-2]["content"], conv[-1]["content"]
             else:
                 kind = "neutral"
                 item = self._nth("neutral", self.p.neutral, i)
                 message, chosen = item["text"], item["reply"]
             rejected = f"{tag} {rng.choice(self.own.decline_lines)}"
+        message = self._multi_line(rng, message)
         return Example(
             id=example_id(self.g, self.cfg, self.split, i),
             persona=persona,
@@ -143,6 +151,17 @@ class OfflineGenerator:
             rejected=rejected,
             kind=kind,
         )
+
+    def _multi_line(self, rng: random.Random, message: str) -> str:
+        """Sometimes send the message as two chat lines: a lead line before it or a tail after it.
+
+        Both triggering and neutral messages get them at the same rate, so the extra line carries no
+        signal and the adapter learns to read the line that matters."""
+        if not self.p.fillers or rng.random() >= self.cfg.multi_message_share:
+            return message
+        if rng.random() < 0.6:
+            return f"{rng.choice(self.p.fillers['lead'])}\n{message}"
+        return f"{message}\n{rng.choice(self.p.fillers['tail'])}"
 
     @staticmethod
     def _decline(rng: random.Random, pool, persona: dict) -> str:

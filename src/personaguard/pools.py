@@ -39,6 +39,7 @@ class Pools:
     neutral: list[dict]
     hard: dict[str, list[dict]]
     triggers: dict[str, TriggerPool] = field(default_factory=dict)
+    fillers: dict[str, list[str]] = field(default_factory=dict)  # "lead"/"tail" lines of multi-message turns
 
     def side(self, test: bool) -> "Pools":
         """The pools restricted to one side of the train/test partition."""
@@ -53,6 +54,7 @@ class Pools:
                 g: TriggerPool(keep(t.messages, lambda x: x["text"]), t.engaging_replies, t.decline_lines, t.redirects)
                 for g, t in self.triggers.items()
             },
+            fillers={k: keep(v, str) for k, v in self.fillers.items()},
         )
 
 
@@ -80,4 +82,5 @@ def load_pools() -> Pools:
         neutral=neutral["pairs"],
         hard=neutral["hard"],
         triggers=triggers,
+        fillers={k: v for k, v in _read("fillers.json").items() if not k.startswith("_")},
     )
