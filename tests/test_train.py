@@ -66,3 +66,30 @@ def test_resume_continues_from_checkpoint(tiny_model_dir, data_dir, tmp_path):
     assert res.steps == 4
     steps = [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open()) if r["loss"]]
     assert steps[:2] == [1, 2] and steps[-1] == 4
+
+
+def test_stack_aware_training_keeps_the_frozen_adapter_and_saves_only_the_new_one(tiny_model_dir, data_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from personaguard import train
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100, lora_dropout=0.0)
+    first = tmp_path / "first"
+    train.run(TrainConfig(**base, out_dir=str(first)))
+    before = load_file(first / "adapter_model.safetensors")
+    # the control: the same adapter with B = 0 (no delta), so both runs load the same structure and use RNG alike
+    zero = tmp_path / "zero"
+    shutil.copytree(first, zero)
+    save_file({k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in before.items()}, zero / "adapter_model.safetensors")
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "control"), frozen_adapters=[str(zero)]))
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "aware"), frozen_adapters=[str(first)]))
+    after = load_file(first / "adapter_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the frozen member is untouched
+    control = load_file(tmp_path / "control" / "adapter_model.safetensors")
+    aware = load_file(tmp_path / "aware" / "adapter_model.safetensors")
+    assert set(aware) == set(before)  # only the new adapter's tensors are saved, under PEFT's default names
+    assert not any((tmp_path / "aware").glob("frozen_*"))
+    # same seed, data and structure: the only difference is the frozen adapter's delta in every forward pass
+    assert any(not torch.allclose(aware[k], control[k]) for k in control if "lora_B" in k)

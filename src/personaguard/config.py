@@ -90,6 +90,9 @@ class TrainConfig(_Strict):
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (CUDA + bitsandbytes).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (big models on GPU).")
     report_to: list[str] = Field(default_factory=list, description="transformers report_to integrations (e.g. tensorboard, wandb).")
+    frozen_adapters: list[str] = Field(
+        default_factory=list, description="Stack-aware training: these adapter folders stay loaded, active and frozen while "
+        "the new adapter trains, so it learns to work on top of them (for use in that stack).")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -166,6 +169,9 @@ class StackEvalConfig(_Strict):
         description="dynamic = all adapters active at once (exact sum, no merge); others = personaguard merge --method.")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
+    aware_adapters: dict[str, str] = Field(
+        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with the other members frozen "
+        "and active); adds the setting 'dynamic_aware' with these stacked.")
     per_guardrail: int = Field(0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all).")
     double_trigger: bool = Field(True, description="Also answer the packaged double-trigger messages (two guardrails at once).")
     seed: int = Field(0, description="Seed for the double-trigger snapshots' personas and histories.")
@@ -197,6 +203,9 @@ class PipelineConfig(_Strict):
         "trains its own adapter, evaluated on its own test split and on the main variation's, for the variation table.")
     stack: dict | None = Field(None, description="StackEvalConfig fields (adapters/test_data/out_dir are filled in): "
                                "evaluate all guardrails' main adapters stacked; needs two or more guardrails.")
+    stack_aware_training: bool = Field(
+        False, description="With stack: also train each guardrail again with the other main adapters frozen and active "
+        "(adapters/<guardrail>_stack_aware) and evaluate them stacked as 'dynamic_aware'.")
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":

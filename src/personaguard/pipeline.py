@@ -93,18 +93,34 @@ def stage_configs(cfg: PipelineConfig, guardrail: str, source: str = "config"):
     return u.gen, u.train, u.evals
 
 
+def _mains(plan: list[Unit]) -> dict[str, Unit]:
+    return {u.guardrail: u for u in plan if u.name == Path(u.guardrail).stem}
+
+
+def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainConfig]:
+    """Stack-aware retraining: each main adapter again, with the other main adapters frozen and active."""
+    if cfg.stack is None or not cfg.stack_aware_training:
+        return {}
+    mains = _mains(plan)
+    return {g: u.train.model_copy(update={
+        "out_dir": str(Path(u.train.out_dir).with_name(f"{Path(u.train.out_dir).name}_stack_aware")),
+        "frozen_adapters": [o.train.out_dir for h, o in mains.items() if h != g], "resume": False})
+        for g, u in mains.items()}
+
+
 def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> StackEvalConfig | None:
     if cfg.stack is None:
         return None
-    mains = {u.guardrail: u for u in plan if u.name == Path(u.guardrail).stem}
+    mains = _mains(plan)
     first = next(iter(mains.values()))
+    aware = {g: t.out_dir for g, t in aware_trainings(cfg, plan).items()}
     return build(StackEvalConfig, {
         "max_prompt_tokens": first.train.max_prompt_tokens, "guardrails_dir": cfg.guardrails_dir,
         **{k: v for k, v in cfg.evaluate.items() if k in ("max_new_tokens", "batch_size", "device", "precision", "load_in_4bit")},
         **cfg.stack, "model": cfg.model,
         "adapters": {g: u.train.out_dir for g, u in mains.items()},
         "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
-        "out_dir": str(Path(cfg.run_dir) / "stacks"),
+        "out_dir": str(Path(cfg.run_dir) / "stacks"), **({"aware_adapters": aware} if aware else {}),
     }, f"{source} (stack)")
 
 
@@ -130,6 +146,11 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
                     for setting, m in res.metrics.items():
                         result.metrics[f"{u.name} / {Path(e.out_dir).name} / {setting}"] = m
             result.seconds[f"{u.name}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
+    if start_step <= 2 <= end_step:
+        for g, t in aware_trainings(cfg, plan).items():
+            t0 = time.perf_counter()
+            train.run(t)
+            result.seconds[f"{Path(g).stem}_stack_aware:train"] = round(time.perf_counter() - t0, 1)
     if start_step <= 3 <= end_step:
         if cfg.variations:
             write_variation_table(run_dir, plan)

@@ -153,6 +153,22 @@ def _lora_model(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def _add_frozen(model, dirs: list[str]) -> None:
+    """Load `dirs` next to the trainable 'default' adapter, all active, only 'default' trainable.
+
+    Their LoRA deltas add to the new adapter's in every forward pass (as in a dynamic stack), so the
+    new adapter is trained for the stack it will be used in."""
+    names = []
+    for i, d in enumerate(dirs):
+        name = f"frozen_{i}"
+        model.load_adapter(str(d), adapter_name=name, is_trainable=False)
+        names.append(name)
+    model.base_model.set_adapter(["default", *names])  # PEFT marks every active adapter trainable...
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(".default." in n)  # ...so freeze all but the new one again
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
     from transformers import TrainingArguments, set_seed
@@ -179,6 +195,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _lora_model(model, cfg)
+    if cfg.frozen_adapters:
+        _add_frozen(model, cfg.frozen_adapters)
 
     train_feats = tokenize_examples(train_rows, tok, cfg)
     val_feats = tokenize_examples(val_rows, tok, cfg) if val_rows else None
@@ -224,7 +242,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
     seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(out_dir)
+    trainer.model.save_pretrained(out_dir, selected_adapters=["default"])  # never the frozen stack members
     tok.save_pretrained(out_dir)
     write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
