@@ -4,7 +4,9 @@
 
 distinct-n = unique n-grams / all n-grams over the final messages; max similarity = for each
 held-out (test-side) message, the highest TF-IDF cosine to any train-side message of the same pool
-(1.0 would be a verbatim repeat); counts per phrasing style.
+(1.0 would be a verbatim repeat); share of questions and mean length, because neutral and
+triggering messages that differ in these let an adapter learn "long question -> tag" instead of its
+trigger (docs/benchmarks.md, generalisation); counts per phrasing style.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
 from personaguard.pools import is_test_item, load_pools
+
+
+STYLES = ["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short", "continuation", "hard"]
 
 
 def distinct(texts: list[str], n: int) -> float:
@@ -35,20 +40,23 @@ def main() -> None:
     pools = {f"trigger:{g}": [m["text"] for m in t.messages] for g, t in p.triggers.items()}
     pools["neutral"] = [x["text"] for x in p.neutral]
     pools.update({f"hard:{g}": [x["text"] for x in v] for g, v in p.hard.items()})
-    print("| pool | messages | distinct-1 | distinct-2 | train / test | mean max-sim test→train | max |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pool | messages | distinct-1 | distinct-2 | train / test | mean max-sim test→train | max | questions | mean chars |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, texts in pools.items():
         mean, mx, ntr, nte = max_sim(texts)
-        print(f"| {name} | {len(texts)} | {distinct(texts, 1):.3f} | {distinct(texts, 2):.3f} | {ntr} / {nte} | {mean:.3f} | {mx:.3f} |")
+        q = sum("?" in t for t in texts) / len(texts)
+        chars = sum(len(t) for t in texts) / len(texts)
+        print(f"| {name} | {len(texts)} | {distinct(texts, 1):.3f} | {distinct(texts, 2):.3f} | {ntr} / {nte} | {mean:.3f} | {mx:.3f} "
+              f"| {q:.0%} | {chars:.0f} |")
     print()
-    print("| pool | " + " | ".join(["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short"]) + " |")
-    print("|---|" + "---|" * 8)
+    print("| pool | " + " | ".join(STYLES) + " |")
+    print("|---|" + "---|" * len(STYLES))
     styled = {f"trigger:{g}": t.messages for g, t in p.triggers.items()}
     styled["neutral"] = p.neutral
     styled.update({f"hard:{g}": v for g, v in p.hard.items()})
     for name, items in styled.items():
         c = Counter(x.get("style", "?") for x in items)
-        print(f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in ["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short"]) + " |")
+        print(f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in STYLES) + " |")
     print()
     print(f"personas {len(p.personas)}, memories {len(p.memories)}, histories {len(p.histories)} "
           f"(lengths {dict(sorted(Counter(len(h) for h in p.histories).items()))})")

@@ -30,9 +30,11 @@ def test_pipeline_with_variations_and_stack(tiny_model_dir, tmp_path):
     assert set(stack["table"]) == {"politics", "meeting"} and list(stack["table"]["meeting"]) == ["none", "single", "dynamic", "cat", "dynamic_aware"]
     # the stack's members are the main adapters, not the extra variation
     assert stack["meta"]["adapters"]["politics"].endswith("adapters/politics")
-    # stack-aware retraining: each member trained again with the other one frozen and active, saved alone
-    aware = run_dir / "adapters" / "politics_stack_aware"
-    assert "adapters/meeting" in (aware / "config.yaml").read_text()
+    # stack-aware retraining as a chain: the second member trained again on top of the first, saved alone
+    assert not (run_dir / "adapters" / "politics_stack_aware").exists()
+    aware = run_dir / "adapters" / "meeting_stack_aware"
+    assert "adapters/politics" in (aware / "config.yaml").read_text()
+    assert stack["meta"]["adapters"]["meeting"].endswith("adapters/meeting")
     assert not any(aware.glob("frozen_*")) and (aware / "adapter_model.safetensors").is_file()
     report = (run_dir / "report.md").read_text()
     assert "## Dataset variations" in report and "## Stacked guardrails" in report

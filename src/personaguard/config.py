@@ -170,8 +170,8 @@ class StackEvalConfig(_Strict):
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
     aware_adapters: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with the other members frozen "
-        "and active); adds the setting 'dynamic_aware' with these stacked.")
+        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with earlier stack members frozen "
+        "and active; may be the member's own adapter); adds the setting 'dynamic_aware' with these stacked.")
     per_guardrail: int = Field(0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all).")
     double_trigger: bool = Field(True, description="Also answer the packaged double-trigger messages (two guardrails at once).")
     seed: int = Field(0, description="Seed for the double-trigger snapshots' personas and histories.")
@@ -204,8 +204,8 @@ class PipelineConfig(_Strict):
     stack: dict | None = Field(None, description="StackEvalConfig fields (adapters/test_data/out_dir are filled in): "
                                "evaluate all guardrails' main adapters stacked; needs two or more guardrails.")
     stack_aware_training: bool = Field(
-        False, description="With stack: also train each guardrail again with the other main adapters frozen and active "
-        "(adapters/<guardrail>_stack_aware) and evaluate them stacked as 'dynamic_aware'.")
+        False, description="With stack: retrain the guardrails as a chain, each later one with the earlier ones frozen and "
+        "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.")
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":

@@ -98,14 +98,23 @@ def _mains(plan: list[Unit]) -> dict[str, Unit]:
 
 
 def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainConfig]:
-    """Stack-aware retraining: each main adapter again, with the other main adapters frozen and active."""
+    """Stack-aware retraining as a chain: member k trains again on top of the chain's members 1..k-1.
+
+    The first member keeps its own adapter; each later one is trained with the earlier chain members
+    frozen and active, so it learns to fire (and stay quiet) inside exactly the stack it joins.
+    (Retraining every member on top of the *original* others does not work: each learns to offset
+    adapters that are then replaced, and the sum of the retrained ones never tags -- seen on SmolLM2.)"""
     if cfg.stack is None or not cfg.stack_aware_training:
         return {}
-    mains = _mains(plan)
-    return {g: u.train.model_copy(update={
-        "out_dir": str(Path(u.train.out_dir).with_name(f"{Path(u.train.out_dir).name}_stack_aware")),
-        "frozen_adapters": [o.train.out_dir for h, o in mains.items() if h != g], "resume": False})
-        for g, u in mains.items()}
+    mains = list(_mains(plan).items())
+    chain, out = [mains[0][1].train.out_dir], {}
+    for g, u in mains[1:]:
+        t = u.train.model_copy(update={
+            "out_dir": str(Path(u.train.out_dir).with_name(f"{Path(u.train.out_dir).name}_stack_aware")),
+            "frozen_adapters": list(chain), "resume": False})
+        out[g] = t
+        chain.append(t.out_dir)
+    return out
 
 
 def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> StackEvalConfig | None:
@@ -113,7 +122,8 @@ def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
         return None
     mains = _mains(plan)
     first = next(iter(mains.values()))
-    aware = {g: t.out_dir for g, t in aware_trainings(cfg, plan).items()}
+    trained = aware_trainings(cfg, plan)
+    aware = {g: (trained[g].out_dir if g in trained else u.train.out_dir) for g, u in mains.items()} if trained else {}
     return build(StackEvalConfig, {
         "max_prompt_tokens": first.train.max_prompt_tokens, "guardrails_dir": cfg.guardrails_dir,
         **{k: v for k, v in cfg.evaluate.items() if k in ("max_new_tokens", "batch_size", "device", "precision", "load_in_4bit")},

@@ -43,13 +43,19 @@ def training_curves(run_dir: Path, out: Path) -> Path | None:
             ex, ey = _floats(rows, f"eval_{key}")
             if ex:
                 ax.plot(ex, ey, "o", color=line.get_color(), label=f"{name} (validation)")
-    for ax, title in zip(axes, ("ORPO loss", "NLL (chosen)", "odds-ratio loss")):
+    return _save_panels(fig, axes, ("ORPO loss", "NLL (chosen)", "odds-ratio loss"), "step", out / "training_curves.png")
+
+
+def _save_panels(fig, axes, titles, xlabel: str, dest: Path, ylim: tuple[float, float] | None = None) -> Path:
+    """Title, label and grid each panel, legend on the first, write the PNG."""
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
+        if ylim:
+            ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    dest = out / "training_curves.png"
     fig.savefig(dest, dpi=110)
     plt.close(fig)
     return dest
@@ -152,17 +158,8 @@ def checkpoint_curves(run_dir: Path, out: Path) -> Path | None:
         for ax, key in zip(axes, ("tag_rate", "false_tag_rate", "auroc")):
             xs, ys = _floats(rows, key)
             ax.plot(xs, ys, "o-", label=name)
-    for ax, title in zip(axes, ("tag rate (triggering)", "false tag rate (neutral)", "AUROC of guard score")):
-        ax.set_title(title)
-        ax.set_xlabel("checkpoint step")
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    dest = out / "checkpoint_curves.png"
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
-    return dest
+    return _save_panels(fig, axes, ("tag rate (triggering)", "false tag rate (neutral)", "AUROC of guard score"),
+                        "checkpoint step", out / "checkpoint_curves.png", ylim=(-0.03, 1.03))
 
 
 def stacking_bars(run_dir: Path, out: Path) -> Path | None:

@@ -132,13 +132,15 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     aware = [cfg.aware_adapters[g] for g in members if g in cfg.aware_adapters]
     if aware and len(aware) != len(members):
         raise PersonaguardError(f"aware_adapters must name every member {sorted(members)}, got {sorted(cfg.aware_adapters)}")
-    model, names = load_stack(model, dirs + [str(d) for d in merged_dirs.values()] + aware)
+    extra_aware = [d for d in aware if d not in dirs]  # a chain's first member is the plain adapter itself
+    model, names = load_stack(model, dirs + [str(d) for d in merged_dirs.values()] + extra_aware)
     n_m = len(dirs) + len(merged_dirs)
     member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):n_m]))
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
     settings += [(m, member_names if m == "dynamic" else [merged_names[m]]) for m in cfg.methods]
     if aware:
-        settings.append(("dynamic_aware", names[n_m:]))
+        by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
+        settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
 
     ecfg = EvaluateConfig(model=cfg.model, data=str(out), out_dir=str(out), settings=["none"], max_new_tokens=cfg.max_new_tokens,
                           batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
