@@ -24,7 +24,7 @@ COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adh
 
 
 def collect(run_dir: Path) -> dict[str, dict]:
-    """'guardrail / data / setting' -> metrics, from every eval folder of the run."""
+    """'adapter / data / setting' -> metrics, from every eval folder of the run (adapter = guardrail or guardrail_variation)."""
     rows = {}
     for mfile in sorted(run_dir.glob("eval/*/*/metrics.json")):
         data = json.loads(mfile.read_text(encoding="utf-8"))
@@ -84,7 +84,7 @@ def _md_to_html(body: str) -> str:
 
 def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
     lines = [f"# personaguard report — `{run_dir.name}`", "", "## Summary", "",
-             "| guardrail / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "| adapter / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     lines += [f"| {k} | " + " | ".join(cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
     for title, body in _sections(run_dir):
@@ -129,7 +129,7 @@ def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
              "li.ok{color:#155724}li.bad{color:#721c24}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
             f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
-            f"<h2>Summary</h2><table id='summary'><tr><th>guardrail / data / setting</th>{head}</tr>{body}</table>"
+            f"<h2>Summary</h2><table id='summary'><tr><th>adapter / data / setting</th>{head}</tr>{body}</table>"
             + "".join(f"<h2>{e(t)}</h2>{_md_to_html(b)}" for t, b in _sections(run_dir))
             + f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>")
 
