@@ -13,14 +13,12 @@ Writes `checkpoints.json` and `checkpoints.csv` to the evaluation folder; plot.p
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from pathlib import Path
 
 from .errors import PersonaguardError
-from .schema import write_text_atomic
+from .schema import write_csv_atomic, write_text_atomic
 
 CURVE_COLUMNS = ["step", "checkpoint", "tag_rate", "false_tag_rate", "precision", "recall", "f1", "auroc",
                  "mean_guard_score_triggering", "mean_guard_score_neutral"]
@@ -67,9 +65,5 @@ def evaluate_checkpoints(model, tok, snaps, cfg, guardrail, out: Path) -> list[d
     finally:
         activate(model, before)
     write_text_atomic(out / "checkpoints.json", json.dumps(curve, indent=2))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(curve)
-    write_text_atomic(out / "checkpoints.csv", buf.getvalue())
+    write_csv_atomic(out / "checkpoints.csv", curve, CURVE_COLUMNS)
     return curve

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PersonaguardError
 from .guardrails import format_validation_error
@@ -132,16 +132,20 @@ class EvaluateConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Items per generation batch.")
     max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
     limit: int = Field(0, ge=0, description="Evaluate at most this many items (0 = all).")
-    checkpoints: list[str | int] = Field(
+    checkpoints: list[str] = Field(
         default_factory=list, description="Also evaluate these checkpoint-N folders of the adapter ('all' or step numbers); "
         "writes checkpoints.json/csv, a curve of the detection metrics per step.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
 
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _steps_as_text(cls, v):
+        return [str(c) for c in v] if isinstance(v, list) else v  # YAML reads `[25, 50]` as numbers
+
     @model_validator(mode="after")
     def _check(self) -> "EvaluateConfig":
-        self.checkpoints = [str(c) for c in self.checkpoints]
         if self.checkpoints and not self.adapter:
             raise ValueError("checkpoints are given but no adapter folder; set adapter to the training run's folder")
         if "adapter_gated" in self.settings and "adapter" not in self.settings:

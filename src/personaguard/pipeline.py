@@ -15,8 +15,6 @@ variation's test split -- the paper's question is how well a narrow data set gen
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from .config import EvaluateConfig, GenerateConfig, PipelineConfig, StackEvalCon
 from .errors import PersonaguardError
 from .evaluate import summary_table
 from .metrics import fmt
-from .schema import write_text_atomic
+from .schema import write_csv_atomic, write_text_atomic
 
 STEPS = {1: "generate", 2: "train", 3: "evaluate", 4: "report"}
 VARIATION_KEYS = ("tag_rate", "false_tag_rate", "auroc")
@@ -197,11 +195,7 @@ def write_variation_table(run_dir: Path, plan: list[Unit]) -> None:
                 cells.update({f"{label}_{k}": m.get(k) for k in VARIATION_KEYS})
         rows.append({"guardrail": Path(u.guardrail).stem, "variation": u.gen.variation, "adapter": u.name, **cells})
     cols = ["guardrail", "variation", "adapter"] + [f"{s}_{k}" for s in ("own", "main") for k in VARIATION_KEYS]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(run_dir / "variations.csv", buf.getvalue())
+    write_csv_atomic(run_dir / "variations.csv", rows, cols)
     lines = ["# Dataset variations", "",
              "Adapter (greedy) on its own variation's test split and on the main variation's test split: "
              "tag rate / false tag rate / AUROC.", "",

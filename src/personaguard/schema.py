@@ -138,6 +138,18 @@ def append_jsonl(path: Path, row: BaseModel | dict) -> None:
         os.fsync(fh.fileno())
 
 
+def write_csv_atomic(path: str | Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """CSV with a header row, written atomically like write_text_atomic."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path = Path(path)

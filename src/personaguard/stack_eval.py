@@ -21,11 +21,8 @@ should fall, while a stack must still tag those items (another member fires).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +32,7 @@ from .config import EvaluateConfig, StackEvalConfig, dump_yaml
 from .errors import PersonaguardError
 from .guardrails import get_guardrail
 from .metrics import detection_metrics, fmt, starts_with_tag
-from .schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
+from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
@@ -169,7 +166,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
               "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
-    write_text_atomic(out / "stack_table.csv", table_csv(table))
+    write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
     write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"]))
     return StackEvalResult(out, table, dt, merges)
 
@@ -178,14 +175,12 @@ def _order(table: dict[str, dict[str, dict]]) -> list[str]:
     return list(dict.fromkeys(s for per in table.values() for s in per))
 
 
-def table_csv(table: dict[str, dict[str, dict]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["guardrail", "setting", *TABLE_KEYS, "n_triggering", "n_neutral"])
-    for g, per in table.items():
-        for s, m in per.items():
-            w.writerow([g, s, *(m.get(k) for k in TABLE_KEYS), m["n_triggering"], m["n_neutral"]])
-    return buf.getvalue()
+CSV_COLUMNS = ["guardrail", "setting", *TABLE_KEYS, "n_triggering", "n_neutral"]
+
+
+def table_rows(table: dict[str, dict[str, dict]]) -> list[dict]:
+    """One CSV row per guardrail and setting."""
+    return [{"guardrail": g, "setting": s, **{k: m.get(k) for k in CSV_COLUMNS[2:]}} for g, per in table.items() for s, m in per.items()]
 
 
 def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict]) -> str:
