@@ -15,7 +15,7 @@ def test_pipeline_with_variations_and_stack(tiny_model_dir, tmp_path):
         "variations={politics: [fixed_character]}",
         "generate.n=24", "generate.val_fraction=0.1", "train.max_steps=1", "train.batch_size=4",
         "train.max_prompt_tokens=96", "evaluate.max_new_tokens=4", "evaluate.batch_size=8",
-        "stack={methods: [dynamic, cat], per_guardrail: 3, double_trigger: false}", "stack_aware_training=true",
+        "stack={methods: [dynamic, routed_gated, cat], per_guardrail: 3, double_trigger: false}", "stack_aware_training=true",
     ])
     res = pipeline.run(cfg)
     assert {k.rsplit(" / ", 1)[0] for k in res.metrics} == {
@@ -27,7 +27,7 @@ def test_pipeline_with_variations_and_stack(tiny_model_dir, tmp_path):
         ("politics", "vary_all"), ("politics_fixed_character", "fixed_character"), ("meeting", "vary_all")]
     assert rows[1]["main_tag_rate"] != "" and rows[0]["main_tag_rate"] == rows[0]["own_tag_rate"]
     stack = json.loads((run_dir / "stacks" / "stack_metrics.json").read_text())
-    assert set(stack["table"]) == {"politics", "meeting"} and list(stack["table"]["meeting"]) == ["none", "single", "dynamic", "cat", "dynamic_aware"]
+    assert set(stack["table"]) == {"politics", "meeting"} and list(stack["table"]["meeting"]) == ["none", "single", "dynamic", "routed_gated", "cat", "dynamic_aware"]
     # the stack's members are the main adapters, not the extra variation
     assert stack["meta"]["adapters"]["politics"].endswith("adapters/politics")
     # stack-aware retraining as a chain: the second member trained again on top of the first, saved alone

@@ -2,6 +2,7 @@
 its cat merge agree, linear does not, double-trigger items are counted, merges are reused."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,8 +62,6 @@ def test_stack_table_compares_single_dynamic_and_merges(setup):
 
 
 def test_rerun_reuses_the_merged_adapters(setup):
-    from pathlib import Path
-
     from personaguard import stack_eval
 
     stack_eval.run(setup)  # the module's first test may not have run alone; make sure merges exist
@@ -87,3 +86,26 @@ def test_stack_refuses_members_with_different_tags(setup, tmp_path):
 def test_a_stack_needs_two_adapters():
     with pytest.raises(ValueError, match="two or more"):
         StackEvalConfig(adapters={"politics": "a"}, test_data={"politics": "t"}, out_dir="o")
+
+
+def test_routed_stack_follows_the_members_gates(setup, tmp_path):
+    from personaguard import stack_eval
+
+    for g, thr in (("politics", 0.0), ("meeting", 2.0)):  # politics always fires, meeting never
+        with open(f"{setup.adapters[g]}/guard_threshold.json", "w") as fh:
+            json.dump({"threshold": thr}, fh)
+    res = stack_eval.run(setup.model_copy(update={"methods": ["routed", "routed_gated"], "double_trigger": False, "out_dir": str(tmp_path / "r")}))
+    assert list(res.table["politics"]) == ["none", "single", "routed", "routed_gated"]
+    rows = [json.loads(x) for x in (res.out_dir / "predictions.jsonl").read_text().splitlines()]
+    by = {}
+    for r in rows:
+        by.setdefault(r["setting"], {})[r["id"]] = r
+    # greedy routing: a member fires exactly where it tags alone (random adapters rarely do)
+    for i, r in by["routed"].items():
+        assert r["tagged"] == (by["single:politics"][i]["tagged"] or by["single:meeting"][i]["tagged"])
+    routed = list(by["routed_gated"].values())
+    assert len(routed) == 6 and all(r["tagged"] and r["route"] for r in routed)
+    assert res.table["meeting"]["routed_gated"]["tag_rate"] == 1.0 and res.table["meeting"]["routed_gated"]["false_tag_rate"] == 1.0
+    (Path(setup.adapters["meeting"]) / "guard_threshold.json").unlink()
+    with pytest.raises(PersonaguardError, match="routed stacking needs"):
+        stack_eval.run(setup.model_copy(update={"methods": ["routed_gated"], "out_dir": str(tmp_path / "r2")}))

@@ -93,3 +93,20 @@ def test_stack_aware_training_keeps_the_frozen_adapter_and_saves_only_the_new_on
     assert not any((tmp_path / "aware").glob("frozen_*"))
     # same seed, data and structure: the only difference is the frozen adapter's delta in every forward pass
     assert any(not torch.allclose(aware[k], control[k]) for k in control if "lora_B" in k)
+
+
+def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from personaguard import train
+    from personaguard.errors import PersonaguardError
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=2, batch_size=4, lr=1e-2, save_steps=100)
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "top"), lora_top_layers=1))
+    keys = load_file(tmp_path / "top" / "adapter_model.safetensors")
+    assert keys and all(".layers.1." in k for k in keys)  # tiny model: layers 0 and 1
+    # every linear projection of that layer, as 'all-linear' gives
+    assert {k.split(".layers.1.")[1].split(".lora_")[0] for k in keys} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    with pytest.raises(PersonaguardError, match="lora_top_layers: 5 but the model has 2"):
+        train.run(TrainConfig(**base, out_dir=str(tmp_path / "bad"), lora_top_layers=5))

@@ -70,6 +70,8 @@ class TrainConfig(_Strict):
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | str = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
+    lora_top_layers: int = Field(0, ge=0, description="0 = LoRA in every decoder layer; N = only in the last N layers, so the "
+        "backward pass stops below them (a cheaper step on CPU; bench/orpo_step.py --top-layers).")
     orpo_lambda: float = Field(0.1, ge=0, description="Weight of the odds-ratio term (ORPO's lambda/beta).")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
@@ -159,7 +161,7 @@ class EvaluateConfig(_Strict):
         return self
 
 
-StackMethod = Literal["dynamic", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+StackMethod = Literal["dynamic", "routed", "routed_gated", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
 
 
 class StackEvalConfig(_Strict):
@@ -169,8 +171,10 @@ class StackEvalConfig(_Strict):
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     methods: list[StackMethod] = Field(
-        ["dynamic", "cat", "svd", "linear"],
-        description="dynamic = all adapters active at once (exact sum, no merge); others = personaguard merge --method.")
+        ["dynamic", "routed", "routed_gated", "cat", "svd", "linear"],
+        description="dynamic = all adapters active at once (exact sum, no merge); routed = each member decides alone "
+        "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
+        "threshold (routing.py); others = personaguard merge --method.")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
     aware_adapters: dict[str, str] = Field(

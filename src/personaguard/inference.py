@@ -7,6 +7,7 @@ prompt + tag tokens (no generation), so it can serve as a cheap classifier with 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 
 def _device(model):
@@ -23,16 +24,24 @@ def _batches(n: int, lengths: list[int], batch_size: int):
     return [order[k : k + batch_size] for k in range(0, n, batch_size)]
 
 
-def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> tuple[list[float], list[float]]:
-    """Probability of the tag as the first reply tokens, per prompt; also seconds per item."""
+@dataclass
+class GuardPass:
+    scores: list[float]  # P(reply starts with the tag)
+    greedy: list[bool]  # the tag's first token is the single most likely first token (greedy decoding would tag)
+    seconds: list[float]  # per item
+
+
+def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> GuardPass:
+    """The guard score of every prompt and whether greedy decoding would start with the tag."""
     import torch
 
     tag_ids = tag_token_ids(tokenizer, tag)
     T = len(tag_ids)
-    scores, secs = [0.0] * len(prompts), [0.0] * len(prompts)
+    n = len(prompts)
+    res = GuardPass([0.0] * n, [False] * n, [0.0] * n)
     dev = _device(model)
     tag_t = torch.tensor(tag_ids, device=dev)
-    for idx in _batches(len(prompts), [len(p) for p in prompts], batch_size):
+    for idx in _batches(n, [len(p) for p in prompts], batch_size):
         t0 = time.perf_counter()
         # left padding aligns every row's tag at the end, so only the last T+1 logits are computed
         seqs = [prompts[i] + tag_ids for i in idx]
@@ -48,12 +57,17 @@ def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_siz
                            logits_to_keep=T + 1).logits.float()
         lp = torch.log_softmax(logits[:, :T], dim=-1)  # positions predicting the T tag tokens
         total = lp[:, torch.arange(T, device=dev), tag_t].sum(-1)
-        for b, i in enumerate(idx):
-            scores[i] = float(torch.exp(total[b]))
+        first_is_tag = logits[:, 0].argmax(-1) == tag_t[0]
         dt = (time.perf_counter() - t0) / len(idx)
-        for i in idx:
-            secs[i] = dt
-    return scores, secs
+        for b, i in enumerate(idx):
+            res.scores[i], res.greedy[i], res.seconds[i] = float(torch.exp(total[b])), bool(first_is_tag[b]), dt
+    return res
+
+
+def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Probability of the tag as the first reply tokens, per prompt; also seconds per item."""
+    g = guard_pass(model, tokenizer, prompts, tag, batch_size)
+    return g.scores, g.seconds
 
 
 def generate_replies(

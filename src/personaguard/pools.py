@@ -66,21 +66,44 @@ def _read(name: str):
         raise PersonaguardError(f"package data pools/{name} is missing (broken install?)") from None
 
 
+def _json_files(folder: str) -> dict[str, object]:
+    root = resources.files("personaguard") / "pools" / folder
+    if not root.is_dir():
+        return {}
+    return {e.name[:-5]: json.loads(e.read_text(encoding="utf-8"))
+            for e in sorted(root.iterdir(), key=lambda p: p.name) if e.name.endswith(".json")}
+
+
+def add_contrast(triggers: dict[str, TriggerPool], hard: dict[str, list[dict]], contrast: dict[str, dict]) -> None:
+    """Fold minimal pairs (pools/contrast/<guardrail>.json) into the trigger and hard-negative pools.
+
+    A pair is a triggering message and a neutral one of the same sentence shape ("what do you think
+    about the new tax bill?" / "... the new spider-man movie?"). Real chats are full of opinion
+    questions, plans and places that are not triggers; with only the topic telling the two apart,
+    the adapter cannot learn "question -> tag" or "mentions a place -> tag" as a shortcut."""
+    for g, raw in contrast.items():
+        if g not in triggers:
+            raise PersonaguardError(f"pools/contrast/{g}.json: no pools/triggers/{g}.json for guardrail '{g}'")
+        seen = {" ".join(m["text"].lower().split()) for m in triggers[g].messages}
+        for p in raw["pairs"]:
+            meta = {k: p[k] for k in ("style", "topic", "domain") if k in p}
+            if " ".join(p["trigger"].lower().split()) not in seen:  # a few pairs reuse a plain trigger as their half
+                triggers[g].messages.append({"text": p["trigger"], **meta, "contrast": True})
+            hard.setdefault(g, []).append({"text": p["neutral"], "reply": p["reply"], "style": p["style"], "contrast": True})
+
+
 @lru_cache(maxsize=1)
 def load_pools() -> Pools:
     neutral = _read("neutral.json")
-    triggers = {}
-    folder = resources.files("personaguard") / "pools" / "triggers"
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".json"):
-            raw = json.loads(entry.read_text(encoding="utf-8"))
-            triggers[entry.name[:-5]] = TriggerPool(**raw)
+    triggers = {g: TriggerPool(**raw) for g, raw in _json_files("triggers").items()}
+    hard = {g: list(v) for g, v in neutral["hard"].items()}
+    add_contrast(triggers, hard, _json_files("contrast"))
     return Pools(
         personas=_read("personas.json"),
         memories=_read("memories.json"),
         histories=_read("histories.json"),
         neutral=neutral["pairs"],
-        hard=neutral["hard"],
+        hard=hard,
         triggers=triggers,
         fillers={k: v for k, v in _read("fillers.json").items() if not k.startswith("_")},
     )

@@ -34,6 +34,7 @@ from .guardrails import get_guardrail
 from .metrics import detection_metrics, fmt, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
+RUNTIME_METHODS = ("dynamic", "routed", "routed_gated")  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -105,6 +106,7 @@ def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
 def run(cfg: StackEvalConfig) -> StackEvalResult:
     from .evaluate import predict
     from .models import LoadOptions, load_model
+    from .routing import gate_thresholds
     from .stack import activate, load_stack
 
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
@@ -123,7 +125,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     dirs = [cfg.adapters[g] for g in members]
     merges, merged_dirs = {}, {}
     for method in cfg.methods:
-        if method != "dynamic":
+        if method not in RUNTIME_METHODS:
             merged_dirs[method], merges[method] = _merged(cfg, method, dirs, out)
     model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
     aware = [cfg.aware_adapters[g] for g in members if g in cfg.aware_adapters]
@@ -134,7 +136,10 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     n_m = len(dirs) + len(merged_dirs)
     member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):n_m]))
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
-    settings += [(m, member_names if m == "dynamic" else [merged_names[m]]) for m in cfg.methods]
+    settings += [(m, member_names if m in RUNTIME_METHODS else [merged_names[m]]) for m in cfg.methods]
+    thresholds = {"routed": {n: None for n in member_names}}
+    if "routed_gated" in cfg.methods:
+        thresholds["routed_gated"] = dict(zip(member_names, gate_thresholds(dirs)))
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
@@ -146,7 +151,8 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     preds, table, dt = [], {g: {} for g in members}, {}
     for setting, active in tqdm(settings, desc="stack settings", unit="setting"):
         activate(model, active)
-        rows = predict(model, tok, every, ecfg, first, setting)
+        rows = (routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting) if setting in thresholds
+                else predict(model, tok, every, ecfg, first, setting))
         for r, s in zip(rows, every):
             if s.id.startswith("double-"):
                 r["labels"] = (s.model_extra or {}).get("labels")
@@ -169,6 +175,22 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
     write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"]))
     return StackEvalResult(out, table, dt, merges)
+
+
+def routed_rows(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, thresholds: dict, setting: str) -> list[dict]:
+    """Prediction rows (as evaluate.predict writes them) of the routed stack; guard_score = the top member's."""
+    from .evaluate import group_fields
+    from .prompt import prompt_ids
+    from .routing import routed_replies
+
+    prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
+    out = routed_replies(model, tok, prompts, thresholds, tag, cfg.max_new_tokens, cfg.batch_size)
+    return [
+        {"id": s.id, "label": s.label, "setting": setting, "run": 0, "message": s.message, "reply": o.reply,
+         "tagged": starts_with_tag(o.reply, tag), "guard_score": max(o.scores.values()), "route": o.route,
+         "guard_seconds": o.guard_seconds, "reply_seconds": o.reply_seconds, **group_fields(s)}
+        for s, o in zip(snaps, out)
+    ]
 
 
 def _order(table: dict[str, dict[str, dict]]) -> list[str]:

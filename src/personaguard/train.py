@@ -143,14 +143,33 @@ def _lora_model(model, cfg: TrainConfig):
 
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    targets, layers = cfg.target_modules, None
+    if cfg.lora_top_layers:
+        n = model.config.num_hidden_layers
+        if cfg.lora_top_layers > n:
+            raise PersonaguardError(f"train.lora_top_layers: {cfg.lora_top_layers} but the model has {n} decoder layers")
+        layers = list(range(n - cfg.lora_top_layers, n))
+        targets = _layer_linear_names(model) if targets == "all-linear" else targets  # PEFT wants names with a layer list
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _layer_linear_names(model) -> list[str]:
+    """Names of the linear projections inside the decoder layers (what 'all-linear' selects there)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and ".layers." in name}
+    if not names:
+        raise PersonaguardError("train.lora_top_layers: found no linear layers under '.layers.'; list target_modules by name")
+    return sorted(names)
 
 
 def _add_frozen(model, dirs: list[str]) -> None:

@@ -1,0 +1,105 @@
+"""Routed stacking: every member adapter scores the prompt alone, the one that fires writes the reply.
+
+Usage:
+    from personaguard.routing import gate_thresholds, routed_replies
+    model, names = stack.load_stack(model, dirs)
+    out = routed_replies(model, tok, prompts, dict(zip(names, gate_thresholds(dirs))), "<guard>", max_new_tokens=40)
+
+Why not only the sum (`stack.activate(model, names)`): each adapter is trained to say "no tag" on
+everything but its own trigger, so it learns a negative bias on the tag's first token. In a dynamic
+stack (or its exact cat merge) those biases add up: measured on three SmolLM2 adapters (docs/
+benchmarks.md "Stacking"), the summed stack tagged as little as 0 % of the triggering messages that
+each member alone tagged 90+ % of. Routing keeps every member's own decision instead:
+
+1. each member alone makes its own decision in one teacher-forced pass over prompt + tag: either
+   greedy (the tag's first token is its most likely first token, what the adapter alone would do)
+   or gated (its guard score P(reply starts with the tag) reaches the member's calibrated threshold,
+   guard_threshold.json, saved at training time);
+2. if one or more members fire, the one furthest above its threshold (greedy: the highest score)
+   writes the reply, starting with
+   the tag (its resolution, e.g. the meeting one, not a mix of all three);
+3. if none fires, the base model writes the reply with the tag banned: neutral turns are answered
+   exactly as without any guardrail.
+
+So a stack tags what any member alone would tag (by construction), and its false tags are the union
+of the members' false tags. The cost is one extra prompt pass per member (the guard passes), not a
+second model and not a regenerated reply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PersonaguardError
+from .inference import generate_replies, guard_pass, tag_token_ids
+from .stack import use_adapters
+
+
+@dataclass
+class Routed:
+    reply: str
+    route: str | None  # the member that wrote a tagged reply; None = the base model answered
+    scores: dict[str, float]  # each member's guard score
+    guard_seconds: float  # all guard passes, per item
+    reply_seconds: float
+
+
+def gate_thresholds(adapter_dirs: list[str | Path]) -> list[float]:
+    """Each adapter's gate threshold (guard_threshold.json, written by `train` from its validation split)."""
+    out = []
+    for d in adapter_dirs:
+        path = Path(d) / "guard_threshold.json"
+        if not path.is_file():
+            raise PersonaguardError(f"{path}: missing; routed stacking needs each member's gate threshold "
+                                    "(train with a validation split, which writes it)")
+        out.append(float(json.loads(path.read_text(encoding="utf-8"))["threshold"]))
+    return out
+
+
+def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:
+    """The firing member furthest above its threshold (score / threshold), or None when none fires.
+
+    A member with threshold None fires when greedy decoding would tag (`greedy[m]`), as it does alone."""
+    def fires(m: str) -> bool:
+        return bool(greedy and greedy[m]) if thresholds[m] is None else scores[m] >= thresholds[m]
+
+    fired = {m: scores[m] / max(thresholds[m] or 1.0, 1e-12) for m in scores if fires(m)}
+    return max(fired, key=fired.get) if fired else None
+
+
+def routed_replies(
+    model, tokenizer, prompts: list[list[int]], thresholds: dict[str, float | None], tag: str,
+    max_new_tokens: int = 40, batch_size: int = 16,
+) -> list[Routed]:
+    """Replies of the routed stack of the adapters named in `thresholds` (all loaded on `model`).
+
+    thresholds[m] = None: member m fires when its greedy reply would begin with the tag (the plain
+    adapter's own decision); a number: when its guard score reaches it (gated decoding's decision)."""
+    passes = {}
+    t0 = time.perf_counter()
+    for m in thresholds:
+        with use_adapters(model, [m]):
+            passes[m] = guard_pass(model, tokenizer, prompts, tag, batch_size)
+    g_sec = (time.perf_counter() - t0) / max(len(prompts), 1)
+    per_item = [{m: passes[m].scores[i] for m in thresholds} for i in range(len(prompts))]
+    routes = [route(per_item[i], thresholds, {m: passes[m].greedy[i] for m in thresholds}) for i in range(len(prompts))]
+    tag_ids = tag_token_ids(tokenizer, tag)
+    replies, r_secs = [""] * len(prompts), [0.0] * len(prompts)
+    for m in [*thresholds, None]:
+        idx = [i for i, r in enumerate(routes) if r == m]
+        if not idx:
+            continue
+        with use_adapters(model, [m] if m else []):
+            if m:  # the member fired: its reply begins with the tag, it writes the rest
+                cont, secs = generate_replies(model, tokenizer, [prompts[i] + tag_ids for i in idx],
+                                              max(max_new_tokens - len(tag_ids), 1), batch_size)
+                texts = [f"{tag} {c}".strip() for c in cont]
+            else:  # no member fired: the base model answers, never with the tag
+                texts, secs = generate_replies(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, batch_size,
+                                               begin_suppress=tag_ids[:1])
+        for i, t, s in zip(idx, texts, secs):
+            replies[i], r_secs[i] = t, s
+    return [Routed(r, rt, s, g_sec, rs) for r, rt, s, rs in zip(replies, routes, per_item, r_secs)]

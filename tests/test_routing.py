@@ -1,0 +1,103 @@
+"""Routed stacking: each member decides alone, the firing member (or the base model) writes the reply."""
+
+import json
+
+import pytest
+
+from personaguard.errors import PersonaguardError
+from personaguard.routing import gate_thresholds, route, routed_replies
+from tests.test_stack import _random_adapter
+
+TAG = "<guard>"
+
+
+def test_route_picks_the_member_furthest_above_its_threshold():
+    thr = {"politics": 0.2, "meeting": 0.01}
+    assert route({"politics": 0.1, "meeting": 0.005}, thr) is None
+    assert route({"politics": 0.3, "meeting": 0.005}, thr) == "politics"
+    # relative to the thresholds, not the raw score: 0.02 is 2x meeting's, 0.3 only 1.5x politics'
+    assert route({"politics": 0.3, "meeting": 0.02}, thr) == "meeting"
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir, tmp_path_factory):
+    from personaguard.models import load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.schema import Snapshot
+    from personaguard.stack import load_stack
+
+    root = tmp_path_factory.mktemp("routing")
+    dirs = [_random_adapter(tiny_model_dir, root / g, seed) for g, seed in (("politics", 21), ("meeting", 22))]
+    model, tok = load_model(tiny_model_dir)
+    model, names = load_stack(model, dirs)
+    snaps = [Snapshot(id=str(i), message=m) for i, m in enumerate(["Who gets your vote?", "Coffee tomorrow?", "I baked bread"])]
+    prompts = [prompt_ids(tok, s, 128) for s in snaps]
+    return model, tok, names, dirs, prompts
+
+
+def test_routed_scores_are_each_members_alone_and_the_chosen_member_writes(stack):
+    from personaguard.inference import generate_replies, guard_scores, tag_token_ids
+    from personaguard.stack import active_adapters, use_adapters
+
+    model, tok, names, _, prompts = stack
+    pol, meet = names
+    before = active_adapters(model)
+    out = routed_replies(model, tok, prompts, {pol: 0.0, meet: 2.0}, TAG, max_new_tokens=8, batch_size=2)
+    assert active_adapters(model) == before  # the active set is restored
+    for m in names:
+        with use_adapters(model, [m]):
+            alone, _ = guard_scores(model, tok, prompts, TAG)
+        assert [o.scores[m] for o in out] == pytest.approx(alone, rel=1e-5, abs=1e-12)
+    # politics always fires (threshold 0), meeting never (a probability is never >= 2)
+    assert [o.route for o in out] == [pol] * 3
+    with use_adapters(model, [pol]):
+        tag_ids = tag_token_ids(tok, TAG)
+        cont, _ = generate_replies(model, tok, [p + tag_ids for p in prompts], 8 - len(tag_ids))
+    assert [o.reply for o in out] == [f"{TAG} {c}".strip() for c in cont]
+
+
+def test_when_no_member_fires_the_base_model_answers_without_the_tag(stack):
+    from personaguard.inference import generate_replies, tag_token_ids
+    from personaguard.stack import no_adapter
+
+    model, tok, names, _, prompts = stack
+    out = routed_replies(model, tok, prompts, {n: 2.0 for n in names}, TAG, max_new_tokens=6)
+    assert all(o.route is None and not o.reply.startswith(TAG) for o in out)
+    with no_adapter(model):
+        base, _ = generate_replies(model, tok, prompts, 6, begin_suppress=tag_token_ids(tok, TAG)[:1])
+    assert [o.reply for o in out] == base
+
+
+def test_gate_thresholds_are_read_from_each_adapter(stack, tmp_path):
+    _, _, _, dirs, _ = stack
+    for d, t in zip(dirs, (0.25, 0.5)):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        with open(f"{d}/guard_threshold.json", "w") as fh:
+            json.dump({"threshold": t}, fh)
+    assert gate_thresholds(dirs) == [0.25, 0.5]
+    with pytest.raises(PersonaguardError, match="guard_threshold.json: missing"):
+        gate_thresholds([tmp_path / "x"])
+
+
+def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
+    """Use as 'tag' the token the politics adapter greedily writes first on prompt 0: greedy routing
+    must then fire politics there, and its reply must equal politics' own greedy reply."""
+    import torch
+
+    from personaguard.inference import generate_replies, guard_pass, tag_token_ids
+    from personaguard.stack import use_adapters
+
+    model, tok, names, _, prompts = stack
+    pol, meet = names
+    with use_adapters(model, [pol]):
+        alone, _ = generate_replies(model, tok, prompts, 6)
+        first = model.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=1, do_sample=False,
+                               pad_token_id=tok.pad_token_id)[0, -1].item()
+    tag = tok.decode([first])
+    assert tag_token_ids(tok, tag) == [first]
+    with use_adapters(model, [pol]):
+        assert guard_pass(model, tok, prompts, tag).greedy[0]
+    out = routed_replies(model, tok, prompts, {pol: None, meet: None}, tag, max_new_tokens=6)
+    assert out[0].route in (pol, meet) and out[0].reply.startswith(tag)
+    if out[0].route == pol:
+        assert out[0].reply.replace(" ", "") == alone[0].replace(" ", "")
