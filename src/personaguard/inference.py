@@ -116,17 +116,25 @@ def gated_replies(
     continues after it); below -> the tag's first token is banned at the first step. Replies that
     already agree with the gate are kept, so only disagreements are generated again.
     """
-    tag_ids = tag_token_ids(tokenizer, tag)
     out = list(replies)
     want = [sc >= threshold for sc in scores]
     force = [i for i, (w, r) in enumerate(zip(want, replies)) if w and not r.lstrip().startswith(tag)]
     ban = [i for i, (w, r) in enumerate(zip(want, replies)) if not w and r.lstrip().startswith(tag)]
-    if force:
-        cont, _ = generate_replies(model, tokenizer, [prompts[i] + tag_ids for i in force], max_new_tokens - len(tag_ids), batch_size)
-        for i, c in zip(force, cont):
-            out[i] = f"{tag} {c}".strip()
-    if ban:
-        alt, _ = generate_replies(model, tokenizer, [prompts[i] for i in ban], max_new_tokens, batch_size, begin_suppress=tag_ids[:1])
-        for i, a in zip(ban, alt):
-            out[i] = a
+    for idx, tagged in ((force, True), (ban, False)):
+        if idx:
+            for i, r in zip(idx, replies_with_tag_decided(model, tokenizer, [prompts[i] for i in idx], tag, tagged,
+                                                            max_new_tokens, batch_size)[0]):
+                out[i] = r
     return out
+
+
+def replies_with_tag_decided(
+    model, tokenizer, prompts: list[list[int]], tag: str, tagged: bool, max_new_tokens: int = 40, batch_size: int = 16,
+) -> tuple[list[str], list[float]]:
+    """Greedy replies whose start is decided from outside: tagged = the tag is written first and the
+    model continues after it; untagged = the tag's first token is banned at the first step."""
+    tag_ids = tag_token_ids(tokenizer, tag)
+    if not tagged:
+        return generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size, begin_suppress=tag_ids[:1])
+    cont, secs = generate_replies(model, tokenizer, [p + tag_ids for p in prompts], max(max_new_tokens - len(tag_ids), 1), batch_size)
+    return [f"{tag} {c}".strip() for c in cont], secs

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PersonaguardError
-from .inference import generate_replies, guard_pass, tag_token_ids
+from .inference import guard_pass, replies_with_tag_decided
 from .stack import use_adapters
 
 
@@ -86,20 +86,15 @@ def routed_replies(
     g_sec = (time.perf_counter() - t0) / max(len(prompts), 1)
     per_item = [{m: passes[m].scores[i] for m in thresholds} for i in range(len(prompts))]
     routes = [route(per_item[i], thresholds, {m: passes[m].greedy[i] for m in thresholds}) for i in range(len(prompts))]
-    tag_ids = tag_token_ids(tokenizer, tag)
     replies, r_secs = [""] * len(prompts), [0.0] * len(prompts)
     for m in [*thresholds, None]:
         idx = [i for i, r in enumerate(routes) if r == m]
         if not idx:
             continue
+        # the member that fired writes after the tag; with none, the base model answers without it
         with use_adapters(model, [m] if m else []):
-            if m:  # the member fired: its reply begins with the tag, it writes the rest
-                cont, secs = generate_replies(model, tokenizer, [prompts[i] + tag_ids for i in idx],
-                                              max(max_new_tokens - len(tag_ids), 1), batch_size)
-                texts = [f"{tag} {c}".strip() for c in cont]
-            else:  # no member fired: the base model answers, never with the tag
-                texts, secs = generate_replies(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, batch_size,
-                                               begin_suppress=tag_ids[:1])
+            texts, secs = replies_with_tag_decided(model, tokenizer, [prompts[i] for i in idx], tag, m is not None,
+                                                   max_new_tokens, batch_size)
         for i, t, s in zip(idx, texts, secs):
             replies[i], r_secs[i] = t, s
     return [Routed(r, rt, s, g_sec, rs) for r, rt, s, rs in zip(replies, routes, per_item, r_secs)]

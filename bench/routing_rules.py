@@ -1,0 +1,72 @@
+"""Benchmark: which member rule should a routed stack use? Tag rate kept vs false tags added.
+
+    .venv/bin/python bench/routing_rules.py --run-dir runs/generalisation [--thresholds 0.3,0.5,0.7]
+
+Reads a pipeline run (adapters/<guardrail>/ with guard_threshold.json, data/<guardrail>_vary_all/),
+runs ONE guard pass per member over the stack's shared items (every member's triggering test items,
+all neutral test items) and over the pooled validation splits, then prints, side by side for every
+rule, each member's single tag rate, the stack's tag rate on that member's items (and the ratio),
+and the stack's false tag rate on the shared neutral items. The tag decision of a routed stack is a
+pure function of these guard passes (routing.route), so no reply needs generating.
+
+Rules: greedy (a member fires where its greedy reply would start with the tag), gated (its
+calibrated threshold), greedy & p >= t for each --thresholds value.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    from personaguard.inference import guard_pass
+    from personaguard.models import EMBEDDED, LoadOptions, load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.routing import gate_thresholds
+    from personaguard.schema import Snapshot, read_jsonl
+    from personaguard.stack import load_stack, use_adapters
+    from personaguard.stack_eval import shared_items
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--guardrails", default="politics,expert_opinion,meeting")
+    ap.add_argument("--model", default=EMBEDDED)
+    ap.add_argument("--thresholds", default="0.3,0.5,0.7")
+    ap.add_argument("--max-prompt-tokens", type=int, default=224)
+    a = ap.parse_args()
+    run, G = Path(a.run_dir), a.guardrails.split(",")
+    dirs = [run / "adapters" / g for g in G]
+    gate = dict(zip(G, gate_thresholds(dirs)))
+    data = {g: run / "data" / f"{g}_vary_all" for g in G}
+    splits = {
+        "test": shared_items({g: str(data[g] / "test.jsonl") for g in G}, set(G) | {"none"}, 0),
+        "validation": [s for g in G for s in read_jsonl(data[g] / "validation.jsonl", Snapshot)],
+    }
+    model, tok = load_model(a.model, LoadOptions())
+    model, names = load_stack(model, dirs)
+    rules = {"greedy": lambda sc, gr, g: gr, "gated": lambda sc, gr, g: sc >= gate[g]}
+    for t in (float(x) for x in a.thresholds.split(",") if x):
+        rules[f"greedy & p>={t}"] = lambda sc, gr, g, t=t: gr and sc >= t
+    for split, snaps in splits.items():
+        prompts = [prompt_ids(tok, s, a.max_prompt_tokens) for s in snaps]
+        passes = {}
+        for g, n in zip(G, names):
+            with use_adapters(model, [n]):
+                passes[g] = guard_pass(model, tok, prompts, "<guard>", 32)
+        neutral = [i for i, s in enumerate(snaps) if s.label == "none"]
+        print(f"\n{split}: {len(snaps)} items, {len(neutral)} neutral")
+        for name, fires in rules.items():
+            fired = [any(fires(passes[g].scores[i], passes[g].greedy[i], g) for g in G) for i in range(len(snaps))]
+            cells = []
+            for g in G:
+                own = [i for i, s in enumerate(snaps) if s.label == g]
+                single = sum(passes[g].greedy[i] for i in own) / len(own)
+                stack = sum(fired[i] for i in own) / len(own)
+                single_f = sum(passes[g].greedy[i] for i in neutral) / len(neutral)
+                cells.append(f"{g} {single:.3f}/{single_f:.3f} -> {stack:.3f} ({stack / max(single, 1e-9):.2f})")
+            print(f"  {name:>18}: " + "  ".join(cells) + f"  stack false {sum(fired[i] for i in neutral) / len(neutral):.3f}")
+
+
+if __name__ == "__main__":
+    main()
