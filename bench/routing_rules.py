@@ -1,12 +1,14 @@
 """Benchmark: which member rule should a routed stack use? Tag rate kept vs false tags added.
 
-    .venv/bin/python bench/routing_rules.py --run-dir runs/generalisation [--thresholds 0.3,0.5,0.7]
+    .venv/bin/python bench/routing_rules.py --run-dir runs/generalisation [--thresholds 0.3,0.5,0.7] \
+        [--data ../shared/data/dev_real_v1.jsonl]
 
 Reads a pipeline run (adapters/<guardrail>/ with guard_threshold.json, data/<guardrail>_vary_all/),
 runs ONE guard pass per member over the stack's shared items (every member's triggering test items,
-all neutral test items) and over the pooled validation splits, then prints, side by side for every
-rule, each member's single tag rate, the stack's tag rate on that member's items (and the ratio),
-and the stack's false tag rate on the shared neutral items. The tag decision of a routed stack is a
+all neutral test items) and over the pooled validation splits (and over --data, e.g. real chats labelled per guardrail), then prints, side by side for every
+rule, each member's single tag rate / false tag rate (greedy, and with the rule applied to it
+alone), the stack's tag rate on that member's items (and its ratio to the greedy single), and the
+stack's false tag rate on the neutral items. The tag decision of a routed stack is a
 pure function of these guard passes (routing.route), so no reply needs generating.
 
 Rules: greedy (a member fires where its greedy reply would start with the tag), gated (its
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--thresholds", default="0.3,0.5,0.7")
     ap.add_argument("--max-prompt-tokens", type=int, default=224)
+    ap.add_argument("--data", action="append", default=[], help="Extra labelled snapshot JSONL (evaluation only).")
     a = ap.parse_args()
     run, G = Path(a.run_dir), a.guardrails.split(",")
     dirs = [run / "adapters" / g for g in G]
@@ -42,6 +45,7 @@ def main() -> None:
     splits = {
         "test": shared_items({g: str(data[g] / "test.jsonl") for g in G}, set(G) | {"none"}, 0),
         "validation": [s for g in G for s in read_jsonl(data[g] / "validation.jsonl", Snapshot)],
+        **{Path(f).stem: read_jsonl(f, Snapshot) for f in a.data},
     }
     model, tok = load_model(a.model, LoadOptions())
     model, names = load_stack(model, dirs)
@@ -61,10 +65,12 @@ def main() -> None:
             cells = []
             for g in G:
                 own = [i for i, s in enumerate(snaps) if s.label == g]
-                single = sum(passes[g].greedy[i] for i in own) / len(own)
-                stack = sum(fired[i] for i in own) / len(own)
-                single_f = sum(passes[g].greedy[i] for i in neutral) / len(neutral)
-                cells.append(f"{g} {single:.3f}/{single_f:.3f} -> {stack:.3f} ({stack / max(single, 1e-9):.2f})")
+                rate = lambda idx, f: sum(f(i) for i in idx) / max(len(idx), 1)  # noqa: E731
+                greedy = rate(own, lambda i: passes[g].greedy[i])
+                alone = lambda i: fires(passes[g].scores[i], passes[g].greedy[i], g)  # noqa: E731
+                stack = rate(own, lambda i: fired[i])
+                cells.append(f"{g} greedy {greedy:.3f}/{rate(neutral, lambda i: passes[g].greedy[i]):.3f} "
+                             f"rule {rate(own, alone):.3f}/{rate(neutral, alone):.3f} -> {stack:.3f} ({stack / max(greedy, 1e-9):.2f})")
             print(f"  {name:>18}: " + "  ".join(cells) + f"  stack false {sum(fired[i] for i in neutral) / len(neutral):.3f}")
 
 
