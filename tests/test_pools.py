@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from personaguard.errors import PersonaguardError
+from personaguard.llm_prompts import normalise_message as norm
 from personaguard.pools import TriggerPool, add_contrast, load_pools
 
 STYLES = {"direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift"}
-norm = lambda s: " ".join(s.lower().split())  # noqa: E731
 
 
 def test_pool_sizes():

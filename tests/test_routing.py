@@ -70,8 +70,8 @@ def test_when_no_member_fires_the_base_model_answers_without_the_tag(stack):
 
 def test_gate_thresholds_are_read_from_each_adapter(stack, tmp_path):
     _, _, _, dirs, _ = stack
+    (tmp_path / "x").mkdir()
     for d, t in zip(dirs, (0.25, 0.5)):
-        (tmp_path / "x").mkdir(exist_ok=True)
         with open(f"{d}/guard_threshold.json", "w") as fh:
             json.dump({"threshold": t}, fh)
     assert gate_thresholds(dirs) == [0.25, 0.5]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .config import EvaluateConfig, dump_yaml
 from .guardrails import get_guardrail, registry
-from .metrics import GROUP_FIELDS, detection_metrics, fmt, starts_with_tag
+from .metrics import GROUP_FIELDS, detection_metrics, fmt, read_gate, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 
@@ -105,8 +105,7 @@ def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str
 
 
 def load_gate(cfg: EvaluateConfig) -> float | None:
-    path = Path(cfg.adapter or "") / "guard_threshold.json"
-    return json.loads(path.read_text(encoding="utf-8"))["threshold"] if path.is_file() else None
+    return read_gate(cfg.adapter) if cfg.adapter else None
 
 
 def gate_rows(raw: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, threshold: float) -> list[dict]:

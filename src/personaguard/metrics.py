@@ -7,7 +7,9 @@ on `none` items only, as in DESIGN.md.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from .schema import NONE_LABEL
 
@@ -99,6 +101,15 @@ def fmt(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+GATE_FILE = "guard_threshold.json"  # written next to the adapter by `train`, read by evaluate and routing
+
+
+def read_gate(adapter_dir: str | Path) -> float | None:
+    """The adapter's saved gate threshold, or None when training had no validation split."""
+    path = Path(adapter_dir) / GATE_FILE
+    return float(json.loads(path.read_text(encoding="utf-8"))["threshold"]) if path.is_file() else None
 
 
 def gate_threshold(pos: list[float], neg: list[float]) -> float | None:

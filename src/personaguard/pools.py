@@ -14,6 +14,7 @@ from functools import lru_cache
 from importlib import resources
 
 from .errors import PersonaguardError
+from .llm_prompts import normalise_message
 
 TEST_SHARE = 0.2
 
@@ -84,10 +85,10 @@ def add_contrast(triggers: dict[str, TriggerPool], hard: dict[str, list[dict]], 
     for g, raw in contrast.items():
         if g not in triggers:
             raise PersonaguardError(f"pools/contrast/{g}.json: no pools/triggers/{g}.json for guardrail '{g}'")
-        seen = {" ".join(m["text"].lower().split()) for m in triggers[g].messages}
+        seen = {normalise_message(m["text"]) for m in triggers[g].messages}
         for p in raw["pairs"]:
             meta = {k: p[k] for k in ("style", "topic", "domain") if k in p}
-            if " ".join(p["trigger"].lower().split()) not in seen:  # a few pairs reuse a plain trigger as their half
+            if normalise_message(p["trigger"]) not in seen:  # a few pairs reuse a plain trigger as their half
                 triggers[g].messages.append({"text": p["trigger"], **meta, "contrast": True})
             hard.setdefault(g, []).append({"text": p["neutral"], "reply": p["reply"], "style": p["style"], "contrast": True})
 

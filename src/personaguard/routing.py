@@ -16,8 +16,8 @@ each member alone tagged 90+ % of. Routing keeps every member's own decision ins
    or gated (its guard score P(reply starts with the tag) reaches the member's calibrated threshold,
    guard_threshold.json, saved at training time);
 2. if one or more members fire, the one furthest above its threshold (greedy: the highest score)
-   writes the reply, starting with
-   the tag (its resolution, e.g. the meeting one, not a mix of all three);
+   writes the reply, starting with the tag (its resolution, e.g. the meeting one, not a mix of all
+   three);
 3. if none fires, the base model writes the reply with the tag banned: neutral turns are answered
    exactly as without any guardrail.
 
@@ -28,13 +28,13 @@ second model and not a regenerated reply.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PersonaguardError
 from .inference import guard_pass, replies_with_tag_decided
+from .metrics import GATE_FILE, read_gate
 from .stack import use_adapters
 
 
@@ -51,11 +51,11 @@ def gate_thresholds(adapter_dirs: list[str | Path]) -> list[float]:
     """Each adapter's gate threshold (guard_threshold.json, written by `train` from its validation split)."""
     out = []
     for d in adapter_dirs:
-        path = Path(d) / "guard_threshold.json"
-        if not path.is_file():
-            raise PersonaguardError(f"{path}: missing; routed stacking needs each member's gate threshold "
+        thr = read_gate(d)
+        if thr is None:
+            raise PersonaguardError(f"{Path(d) / GATE_FILE}: missing; routed stacking needs each member's gate threshold "
                                     "(train with a validation split, which writes it)")
-        out.append(float(json.loads(path.read_text(encoding="utf-8"))["threshold"]))
+        out.append(thr)
     return out
 
 

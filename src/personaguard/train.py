@@ -123,7 +123,7 @@ def calibrate_gate(model, tok, val_rows: list[Example], guardrail, cfg: TrainCon
     import torch
 
     from .inference import guard_scores
-    from .metrics import gate_threshold
+    from .metrics import GATE_FILE, gate_threshold
     from .prompt import prompt_ids
 
     model.eval()
@@ -133,7 +133,7 @@ def calibrate_gate(model, tok, val_rows: list[Example], guardrail, cfg: TrainCon
     neg = [s for s, r in zip(scores, val_rows) if r.label != guardrail.name]
     thr = gate_threshold(pos, neg)
     if thr is not None:
-        write_text_atomic(out_dir / "guard_threshold.json", json.dumps(
+        write_text_atomic(out_dir / GATE_FILE, json.dumps(
             {"threshold": thr, "n_validation": len(val_rows), "source": "validation split, best F1 moved halfway to the next negative"}, indent=2))
     return thr
 
