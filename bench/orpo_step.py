@@ -1,10 +1,13 @@
 """Benchmark: one ORPO training step, shared-prefix packing vs. the usual two sequences per pair.
 
     .venv/bin/python bench/orpo_step.py [--model embedded:smollm2-135m-instruct] [--pairs 8] [--steps 3]
+    .venv/bin/python bench/orpo_step.py --top-layers 15    # shared-prefix step, LoRA in all layers vs the top 15
 
 Both variants compute the same loss (tests/test_orpo.py checks the log-probs match); the baseline
 runs prompt+chosen and prompt+rejected as separate right-padded rows (what TRL's ORPOTrainer does).
-Prints seconds per step for each, measured side by side in one process, and their ratio.
+Prints seconds per step for each, measured side by side in one process, and their ratio. With
+--top-layers N it instead compares the shared-prefix step with LoRA in every layer against LoRA in
+the last N layers only (train.lora_top_layers), where the backward pass stops below those layers.
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--top-layers", type=int, default=0, help="Compare all-layer LoRA with LoRA in the last N layers.")
     a = ap.parse_args()
+    if a.top_layers:
+        return compare_top_layers(a)
 
     from personaguard.models import LoadOptions
 
@@ -89,6 +95,35 @@ def main() -> None:
         print(f"{name:>20}: {results[name]:.3f} s/step{mem}")
     base = (results["two_sequences"] + results["two_sequences_again"]) / 2
     print(f"speed-up shared_prefix vs two_sequences: {base / results['shared_prefix']:.2f}x")
+
+
+def compare_top_layers(a) -> None:
+    """Shared-prefix step time, LoRA in every layer vs in the last N (fresh model each, same pairs)."""
+    from personaguard.config import GenerateConfig, TrainConfig
+    from personaguard.generate import OfflineGenerator
+    from personaguard.guardrails import get_guardrail
+    from personaguard.models import LoadOptions, load_model
+    from personaguard.orpo import pack_pairs, packed_forward
+    from personaguard.pools import load_pools
+    from personaguard.train import _lora_model, tokenize_examples
+
+    gen = OfflineGenerator(get_guardrail("politics"), GenerateConfig(), load_pools(), "train")
+    examples = [gen.example(i, i % 2 == 0) for i in range(a.pairs)]
+    results = {}
+    for name, top in (("all_layers", 0), (f"top_{a.top_layers}", a.top_layers), ("all_layers_again", 0)):
+        model, tok = load_model(a.model, LoadOptions(a.device, a.precision))
+        tcfg = TrainConfig(data_dir=".", out_dir=".", max_prompt_tokens=224, max_reply_tokens=48, lora_top_layers=top)
+        model = _lora_model(model, tcfg).train()
+        batch = {k: v.to(model.device) for k, v in pack_pairs(tokenize_examples(examples, tok, tcfg), tok.pad_token_id).items()}
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        packed_forward(model, batch, 0.1)["loss"].backward(); opt.zero_grad()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            packed_forward(model, batch, 0.1)["loss"].backward(); opt.step(); opt.zero_grad()
+        results[name] = (time.perf_counter() - t0) / a.steps
+        print(f"{name:>20}: {results[name]:.3f} s/step (tokens per step {batch['input_ids'].numel()})")
+    base = (results["all_layers"] + results["all_layers_again"]) / 2
+    print(f"speed-up top_{a.top_layers} vs all layers: {base / results[f'top_{a.top_layers}']:.2f}x")
 
 
 if __name__ == "__main__":
