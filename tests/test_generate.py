@@ -123,3 +123,33 @@ def test_sigkill_mid_run_then_resume_leaves_exactly_n_rows(tmp_path, pg_home):
     _check_complete(raw, cfg)
     split_ids = [json.loads(line)["id"] for f in SPLIT_FILES for line in (raw.parent / f).open()]
     assert len(split_ids) == n == len(set(split_ids))
+
+
+def _memory_rows(**kw) -> list[dict]:
+    return list(_expected_rows(GenerateConfig(**kw)).values())
+
+
+def test_mixed_turns_bury_the_message_among_everyday_lines():
+    pools = load_pools()
+    trig = {m["text"] for m in pools.triggers["politics"].messages}
+    everyday = {x["text"] for x in pools.neutral}
+    rows = _memory_rows(n=200, mixed_turn_share=1.0, multi_message_share=0.0, continuation_share=0.0)
+    for r in rows:
+        lines = r["message"].split("\n")
+        assert any(line in everyday for line in lines), r["message"]  # one line is an everyday one-liner
+        if r["label"] == "politics":
+            assert "\n".join(lines[1:]) in trig or "\n".join(lines[:-1]) in trig, r["message"]
+    first = {r["message"].split("\n")[0] in everyday for r in rows if r["label"] == "politics"}
+    assert first == {True, False}  # the trigger sits after the everyday line in some turns, before it in others
+    plain = _memory_rows(n=200, mixed_turn_share=0.0, multi_message_share=0.0, continuation_share=0.0)
+    assert all(r["message"] in trig for r in plain if r["label"] == "politics")
+
+
+def test_shared_hard_share_draws_near_misses_from_the_other_guardrails():
+    pools = load_pools()
+    own = {x["text"] for x in pools.hard["politics"]}
+    other = {x["text"] for g, v in pools.hard.items() if g != "politics" for x in v}
+    kw = dict(n=300, hard_negative_share=1.0, mixed_turn_share=0.0, multi_message_share=0.0)
+    for share, expect in ((0.0, own), (1.0, other)):
+        hard = [r["message"] for r in _memory_rows(shared_hard_share=share, **kw) if r["kind"] == "hard_negative"]
+        assert len(hard) > 100 and all(m in expect for m in hard)

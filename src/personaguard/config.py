@@ -40,6 +40,12 @@ class GenerateConfig(_Strict):
     multi_message_share: float = Field(
         0.25, ge=0, le=1, description="Share of final messages sent as several chat lines (a short lead line before it or a "
         "tail after it, triggering or not), as people type in real chats.")
+    mixed_turn_share: float = Field(
+        0.2, ge=0, le=1, description="Share of final messages sent together with an unrelated everyday line (before or after "
+        "it, triggering or not): real turns often bury a proposal or a question among other news.")
+    shared_hard_share: float = Field(
+        0.4, ge=0, le=1, description="Share of hard negatives taken from the other guardrails' near-miss pools (they are "
+        "neutral for every guardrail), so stacked adapters do not fire on each other's near-misses.")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")

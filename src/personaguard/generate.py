@@ -89,6 +89,10 @@ class OfflineGenerator:
         self.fixed_persona, self.fixed_history = fixed_parts(cfg, self.p, split)
         self.orders = {}  # per-pool permutations: messages are used without replacement, then cycled
         self.long_histories = [h for h in self.p.histories if len(h) >= 4]  # leave >= 2 turns after taking the last pair
+        # near-misses of the other guardrails are neutral here too ("my sister and I should do a waffle night")
+        self.other_hard = [x for name, v in sorted(self.p.hard.items()) if name != guardrail.name for x in v]
+        # everyday one-liners to bury a message among (multi-line pool items would make the turn too long)
+        self.side_lines = [x["text"] for x in self.p.neutral if "\n" not in x["text"] and len(x["text"]) <= 120]
 
     def _nth(self, key: str, items: list, i: int):
         if key not in self.orders:
@@ -126,7 +130,10 @@ class OfflineGenerator:
                 chosen = rng.choice(other.engaging_replies)  # what the persona would say without this guardrail
             elif r < self.cfg.cross_negative_share + self.cfg.hard_negative_share and self.p.hard.get(self.g.name):
                 kind = "hard_negative"
-                item = self._nth("hard", self.p.hard[self.g.name], i)
+                if self.other_hard and rng.random() < self.cfg.shared_hard_share:
+                    item = self._nth("hard_other", self.other_hard, i)
+                else:
+                    item = self._nth("hard", self.p.hard[self.g.name], i)
                 message, chosen = item["text"], item["reply"]
             elif (r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
                   and self.long_histories and self.cfg.variation != "fixed_history"):
@@ -153,10 +160,15 @@ class OfflineGenerator:
         )
 
     def _multi_line(self, rng: random.Random, message: str) -> str:
-        """Sometimes send the message as two chat lines: a lead line before it or a tail after it.
+        """Sometimes send the message as several chat lines: a short lead or tail line ("haha", "just
+        curious"), or an unrelated everyday line before or after it ("how long have you played sax?" then
+        "we should have a jam session"), as real turns bury a proposal among other news.
 
-        Both triggering and neutral messages get them at the same rate, so the extra line carries no
-        signal and the adapter learns to read the line that matters."""
+        Triggering and neutral messages get them at the same rates, so the extra lines carry no signal
+        and the adapter learns to read the line that matters wherever it sits."""
+        if self.side_lines and rng.random() < self.cfg.mixed_turn_share:
+            side = rng.choice(self.side_lines)
+            message = f"{side}\n{message}" if rng.random() < 0.5 else f"{message}\n{side}"
         if not self.p.fillers or rng.random() >= self.cfg.multi_message_share:
             return message
         if rng.random() < 0.6:
