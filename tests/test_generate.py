@@ -153,3 +153,15 @@ def test_shared_hard_share_draws_near_misses_from_the_other_guardrails():
     for share, expect in ((0.0, own), (1.0, other)):
         hard = [r["message"] for r in _memory_rows(shared_hard_share=share, **kw) if r["kind"] == "hard_negative"]
         assert len(hard) > 100 and all(m in expect for m in hard)
+
+
+def test_data_from_before_a_new_generator_option_is_not_resumed_with_it_on(tmp_path):
+    """A saved config without mixed_turn_share was made with it off: resuming with the new default would mix styles."""
+    res = _run(tmp_path, "old", n=20)
+    saved = res.data_dir / "generate_config.yaml"
+    text = "".join(line for line in saved.read_text(encoding="utf-8").splitlines(keepends=True)
+                   if not line.startswith("mixed_turn_share"))
+    saved.write_text(text, encoding="utf-8")
+    with pytest.raises(PersonaguardError, match="different config"):
+        _run(tmp_path, "old", n=20)
+    assert _run(tmp_path, "old", n=20, mixed_turn_share=0.0).written == 0  # the settings it was made with: resumes

@@ -39,6 +39,10 @@ SPLITS = ("train", "validation", "test")
 # (e.g. a larger request_budget to continue, a moved folder).
 RUNTIME_FIELDS = {"out_dir", "concurrency", "max_retries", "request_timeout", "request_budget", "api_key_env"}
 COUNT_FIELDS = ("written", "invalid", "duplicates", "failed_requests", "skipped", "requests")
+# Data-shaping fields added after the first release: a saved config without one was generated
+# before it existed, i.e. with it off. Reading the absence as the new default would let a resume
+# append new-style rows to old-style data.
+LEGACY_OFF = {"continuation_share": 0.0, "multi_message_share": 0.0, "mixed_turn_share": 0.0, "shared_hard_share": 0.0}
 
 
 @dataclass
@@ -193,10 +197,11 @@ def _triggering(cfg: GenerateConfig, split: str, i: int, size: int) -> bool:
 
 
 def _check_settings(path: Path, cfg: GenerateConfig) -> None:
-    """Refuse to mix data from two configs; RUNTIME_FIELDS may differ, missing new fields take defaults."""
+    """Refuse to mix data from two configs; RUNTIME_FIELDS may differ, missing data-shaping fields read as off."""
     if path.exists():
         try:
-            old = GenerateConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            old = GenerateConfig.model_validate({**LEGACY_OFF, **saved})
         except (ValidationError, yaml.YAMLError, TypeError):
             old = None
         if old is None or old.model_dump(exclude=RUNTIME_FIELDS) != cfg.model_dump(exclude=RUNTIME_FIELDS):
