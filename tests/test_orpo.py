@@ -79,3 +79,19 @@ def test_packed_forward_backpropagates():
     parts["loss"].backward()
     assert torch.isfinite(parts["loss"])
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_decision_token_weight_weights_the_first_reply_token():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    src = torch.tensor([[1, 2, 3], [2, 3, 0]])
+    tgt = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    logp = torch.log_softmax(logits, -1)
+    tok = [[logp[b, s, t].item() for s, t in zip(src[b].tolist(), tgt[b].tolist())] for b in range(2)]
+    plain = mean_reply_logps(logits, src, tgt, mask)
+    assert plain.tolist() == pytest.approx([sum(tok[0]) / 3, sum(tok[1][:2]) / 2], rel=1e-6)
+    assert mean_reply_logps(logits, src, tgt, mask, 1.0).tolist() == plain.tolist()
+    weighted = mean_reply_logps(logits, src, tgt, mask, 5.0)
+    assert weighted.tolist() == pytest.approx([(5 * tok[0][0] + tok[0][1] + tok[0][2]) / 7, (5 * tok[1][0] + tok[1][1]) / 6], rel=1e-6)
+    assert mask.tolist() == [[True, True, True], [True, True, False]]  # the caller's mask is not modified

@@ -79,6 +79,8 @@ class TrainConfig(_Strict):
     lora_top_layers: int = Field(0, ge=0, description="0 = LoRA in every decoder layer; N = only in the last N layers, so the "
         "backward pass stops below them (half the step time at N = 15 of 30 on CPU; bench/orpo_step.py --top-layers).")
     orpo_lambda: float = Field(0.1, ge=0, description="Weight of the odds-ratio term (ORPO's lambda/beta).")
+    decision_token_weight: float = Field(
+        1.0, ge=1, description="Weight of each reply's first token (tag or not) in ORPO's mean token log-prob; 1 = plain ORPO.")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")

@@ -93,15 +93,20 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[:, None]
 
 
-def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
+                     first_weight: float = 1.0) -> torch.Tensor:
     """Mean log-prob of each reply's tokens; only the scored rows go through log_softmax."""
     rows = torch.gather(logits, 1, src[..., None].expand(-1, -1, logits.shape[-1]))
-    return _masked_mean_logp(rows, tgt, mask)
+    return _masked_mean_logp(rows, tgt, mask, first_weight)
 
 
-def _masked_mean_logp(rows: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean_logp(rows: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean token log-prob of each reply; the first reply token counts `first_weight` times."""
     logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
     m = mask.to(logp.dtype)
+    if first_weight != 1.0:
+        m = m.clone()
+        m[:, 0] *= first_weight
     return (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
@@ -117,8 +122,12 @@ def _split_model(model):
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def packed_forward(model, batch: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
-    """One forward pass over packed pairs -> ORPO loss dict."""
+def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """One forward pass over packed pairs -> ORPO loss dict.
+
+    `first_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).
+    A guardrail's decision is that one token (the tag or a natural first word); in a plain mean over
+    ~48 reply tokens it is ~2 % of the signal."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -129,12 +138,12 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float) -> dict[st
     split = _split_model(model)
     if split is None:
         logits = model(**kwargs).logits
-        chosen = mean_reply_logps(logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
-        rejected = mean_reply_logps(logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
+        chosen = mean_reply_logps(logits, batch["c_src"], batch["c_tgt"], batch["c_mask"], first_weight)
+        rejected = mean_reply_logps(logits, batch["r_src"], batch["r_tgt"], batch["r_mask"], first_weight)
     else:
         decoder, head = split
         hidden = decoder(**kwargs).last_hidden_state
         pick = lambda src: torch.gather(hidden, 1, src[..., None].expand(-1, -1, hidden.shape[-1]))  # noqa: E731
-        chosen = _masked_mean_logp(head(pick(batch["c_src"])), batch["c_tgt"], batch["c_mask"])
-        rejected = _masked_mean_logp(head(pick(batch["r_src"])), batch["r_tgt"], batch["r_mask"])
+        chosen = _masked_mean_logp(head(pick(batch["c_src"])), batch["c_tgt"], batch["c_mask"], first_weight)
+        rejected = _masked_mean_logp(head(pick(batch["r_src"])), batch["r_tgt"], batch["r_mask"], first_weight)
     return orpo_loss(chosen, rejected, lam)

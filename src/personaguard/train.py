@@ -69,14 +69,15 @@ def _make_trainer_classes():
     class ORPOTrainer(Trainer):
         """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
 
-        def __init__(self, *args, orpo_lambda: float = 0.1, **kwargs):
+        def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.orpo_lambda = orpo_lambda
+            self.decision_token_weight = decision_token_weight
             self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
             self._counts = {"train": 0, "eval": 0}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            parts = packed_forward(model, inputs, self.orpo_lambda)
+            parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight)
             split = "train" if model.training else "eval"
             for k, v in parts.items():
                 if k != "loss":
@@ -257,6 +258,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         data_collator=collate(tok.pad_token_id),
         callbacks=[MetricsCSV(out_dir / "metrics.csv")],
         orpo_lambda=cfg.orpo_lambda,
+        decision_token_weight=cfg.decision_token_weight,
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
