@@ -12,7 +12,9 @@ stack's false tag rate on the neutral items. The tag decision of a routed stack 
 pure function of these guard passes (routing.route), so no reply needs generating.
 
 Rules: greedy (a member fires where its greedy reply would start with the tag), gated (its
-calibrated threshold), greedy & p >= t for each --thresholds value.
+calibrated threshold), joint (its threshold recalibrated on the pooled validation splits, as the
+`routed_joint` stack method does: metrics.gate_threshold of its own triggering items against every
+member's neutral items), greedy & joint, and greedy & p >= t for each --thresholds value.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main() -> None:
     from personaguard.inference import guard_pass
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
-    from personaguard.routing import gate_thresholds
+    from personaguard.routing import gate_thresholds, joint_gate
     from personaguard.schema import Snapshot, read_jsonl
     from personaguard.stack import load_stack, use_adapters
     from personaguard.stack_eval import shared_items
@@ -37,27 +39,35 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.3,0.5,0.7")
     ap.add_argument("--max-prompt-tokens", type=int, default=224)
     ap.add_argument("--data", action="append", default=[], help="Extra labelled snapshot JSONL (evaluation only).")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     a = ap.parse_args()
     run, G = Path(a.run_dir), a.guardrails.split(",")
     dirs = [run / "adapters" / g for g in G]
     gate = dict(zip(G, gate_thresholds(dirs)))
     data = {g: run / "data" / f"{g}_vary_all" for g in G}
-    splits = {
-        "test": shared_items({g: str(data[g] / "test.jsonl") for g in G}, set(G) | {"none"}, 0),
+    splits = {  # validation first: the joint rules are calibrated on it
         "validation": [s for g in G for s in read_jsonl(data[g] / "validation.jsonl", Snapshot)],
+        "test": shared_items({g: str(data[g] / "test.jsonl") for g in G}, set(G) | {"none"}, 0),
         **{Path(f).stem: read_jsonl(f, Snapshot) for f in a.data},
     }
-    model, tok = load_model(a.model, LoadOptions())
+    model, tok = load_model(a.model, LoadOptions(precision=a.precision))
     model, names = load_stack(model, dirs)
     rules = {"greedy": lambda sc, gr, g: gr, "gated": lambda sc, gr, g: sc >= gate[g]}
     for t in (float(x) for x in a.thresholds.split(",") if x):
         rules[f"greedy & p>={t}"] = lambda sc, gr, g, t=t: gr and sc >= t
+    joint = {}
     for split, snaps in splits.items():
         prompts = [prompt_ids(tok, s, a.max_prompt_tokens) for s in snaps]
         passes = {}
         for g, n in zip(G, names):
             with use_adapters(model, [n]):
                 passes[g] = guard_pass(model, tok, prompts, "<guard>", 32)
+        if split == "validation":  # routing.joint_thresholds, from the passes already made
+            joint = {g: joint_gate(passes[g].scores, [s.label for s in snaps], g) for g in G}
+            rules["joint"] = lambda sc, gr, g: gr if joint[g] is None else sc >= joint[g]
+            rules["greedy & joint"] = lambda sc, gr, g: gr and (joint[g] is None or sc >= joint[g])
+            print("\ngates " + "  ".join(f"{g} {gate[g]:.3f}" for g in G) + "  |  joint " +
+                  "  ".join(f"{g} {joint[g]:.3f}" if joint[g] is not None else f"{g} -" for g in G))
         neutral = [i for i, s in enumerate(snaps) if s.label == "none"]
         print(f"\n{split}: {len(snaps)} items, {len(neutral)} neutral")
         for name, fires in rules.items():

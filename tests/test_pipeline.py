@@ -33,7 +33,8 @@ def test_pipeline_with_variations_and_stack(tiny_model_dir, tmp_path):
     # stack-aware retraining as a chain: the second member trained again on top of the first, saved alone
     assert not (run_dir / "adapters" / "politics_stack_aware").exists()
     aware = run_dir / "adapters" / "meeting_stack_aware"
-    assert "adapters/politics" in (aware / "config.yaml").read_text()
+    aware_cfg = (aware / "config.yaml").read_text()
+    assert "adapters/politics" in aware_cfg and "data/politics_vary_all" in aware_cfg  # on the earlier member's data too
     assert stack["meta"]["adapters"]["meeting"].endswith("adapters/meeting")
     assert not any(aware.glob("frozen_*")) and (aware / "adapter_model.safetensors").is_file()
     report = (run_dir / "report.md").read_text()

@@ -101,3 +101,30 @@ def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
     assert out[0].route in (pol, meet) and out[0].reply.startswith(tag)
     if out[0].route == pol:
         assert out[0].reply.replace(" ", "") == alone[0].replace(" ", "")
+
+
+def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(stack):
+    from personaguard.inference import guard_scores
+    from personaguard.metrics import gate_threshold
+    from personaguard.prompt import prompt_ids
+    from personaguard.routing import joint_thresholds
+    from personaguard.schema import Snapshot
+    from personaguard.stack import use_adapters
+
+    model, tok, names, _, _ = stack
+    pol, meet = names
+    snaps = [Snapshot(id="p0", message="Who gets your vote?", label="politics"),
+             Snapshot(id="p1", message="Thoughts on the new tax law?", label="politics"),
+             Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
+             Snapshot(id="n0", message="I baked bread", label="none"),
+             Snapshot(id="n1", message="The gym was packed today", label="none"),
+             Snapshot(id="n2", message="We watched a film about a mayor", label="none")]
+    thr = joint_thresholds(model, tok, {"politics": pol, "meeting": meet}, snaps, 128, TAG, batch_size=4)
+    prompts = [prompt_ids(tok, s, 128) for s in snaps]
+    for g, name in (("politics", pol), ("meeting", meet)):
+        with use_adapters(model, [name]):
+            sc, _ = guard_scores(model, tok, prompts, TAG)
+        own = [x for x, s in zip(sc, snaps) if s.label == g]
+        neutral = [x for x, s in zip(sc, snaps) if s.label == "none"]  # the other guardrail's triggers are not negatives
+        assert thr[name] == pytest.approx(gate_threshold(own, neutral), rel=1e-5)
+    assert joint_thresholds(model, tok, {"politics": pol}, snaps[2:], 128, TAG) == {pol: None}  # no positives: greedy

@@ -109,3 +109,28 @@ def test_routed_stack_follows_the_members_gates(setup, tmp_path):
     (Path(setup.adapters["meeting"]) / "guard_threshold.json").unlink()
     with pytest.raises(PersonaguardError, match="routed stacking needs"):
         stack_eval.run(setup.model_copy(update={"methods": ["routed_gated"], "out_dir": str(tmp_path / "r2")}))
+
+
+def test_routed_joint_recalibrates_every_member_on_the_pooled_validation_splits(setup, tmp_path):
+    from personaguard import stack_eval
+
+    val = {"politics": _snaps("politics", ["Which party should win?"], ["My cat sleeps all day", "The mayor's dog was on TV"]),
+           "meeting": _snaps("meeting", ["Let's grab dinner on Friday"], ["Met my sister at the cafe"])}
+    for g, rows in val.items():
+        rows = [r.model_copy(update={"id": f"val-{r.id}"}) for r in rows]
+        write_jsonl_atomic(Path(setup.test_data[g]).with_name(f"val_{g}.jsonl"), rows)
+    cfg = setup.model_copy(update={"methods": ["routed_joint"], "double_trigger": False, "out_dir": str(tmp_path / "j"),
+                                   "val_data": {g: str(Path(setup.test_data[g]).with_name(f"val_{g}.jsonl")) for g in val}})
+    res = stack_eval.run(cfg)
+    assert list(res.table["politics"]) == ["none", "single", "routed_joint"]
+    thr = json.loads((res.out_dir / "stack_metrics.json").read_text())["meta"]["thresholds"]["routed_joint"]
+    assert set(thr) == {"politics", "meeting"} and all(t is not None and t > 0 for t in thr.values())
+    by = {}
+    for x in (res.out_dir / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(x)
+        by.setdefault(r["setting"], {})[r["id"]] = r
+    for i, r in by["routed_joint"].items():  # a member fires exactly where its own score reaches its new threshold
+        fires = [g for g in thr if by[f"single:{g}"][i]["guard_score"] >= thr[g] * (1 - 1e-5)]
+        assert r["tagged"] == bool(fires) and (r["route"] is None) == (not fires)
+    with pytest.raises(PersonaguardError, match="validation.jsonl: missing; routed_joint needs"):
+        stack_eval.run(cfg.model_copy(update={"val_data": {}, "out_dir": str(tmp_path / "j2")}))

@@ -95,6 +95,22 @@ def test_stack_aware_training_keeps_the_frozen_adapter_and_saves_only_the_new_on
     assert any(not torch.allclose(aware[k], control[k]) for k in control if "lora_B" in k)
 
 
+def test_extra_data_dirs_are_mixed_into_the_training_data(tiny_model_dir, data_dir, tmp_path):
+    import json
+    import shutil
+
+    from personaguard import train
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(data_dir / "train.jsonl", other / "train.jsonl")
+    n = len((data_dir / "train.jsonl").read_text().splitlines())
+    out = tmp_path / "mixed"
+    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), max_steps=1, batch_size=4,
+                          save_steps=100, extra_data_dirs=[str(other)]))
+    assert json.loads((out / "train_result.json").read_text())["train_examples"] == 2 * n
+
+
 def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -103,6 +103,9 @@ class TrainConfig(_Strict):
     frozen_adapters: list[str] = Field(
         default_factory=list, description="Stack-aware training: these adapter folders stay loaded, active and frozen while "
         "the new adapter trains, so it learns to work on top of them (for use in that stack).")
+    extra_data_dirs: list[str] = Field(
+        default_factory=list, description="More `generate` folders whose train.jsonl is mixed into this adapter's training "
+        "data (stack-aware training gives a chain member the earlier members' data, so it learns the whole stack's behaviour).")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -169,7 +172,7 @@ class EvaluateConfig(_Strict):
         return self
 
 
-StackMethod = Literal["dynamic", "routed", "routed_gated", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+StackMethod = Literal["dynamic", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
 
 
 class StackEvalConfig(_Strict):
@@ -179,10 +182,14 @@ class StackEvalConfig(_Strict):
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     methods: list[StackMethod] = Field(
-        ["dynamic", "routed", "routed_gated", "cat", "svd", "linear"],
+        ["dynamic", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
         description="dynamic = all adapters active at once (exact sum, no merge); routed = each member decides alone "
         "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
-        "threshold (routing.py); others = personaguard merge --method.")
+        "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (routing.py); "
+        "others = personaguard merge --method.")
+    val_data: dict[str, str] = Field(
+        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint (default: validation.jsonl "
+        "beside each test file, as `generate` writes them).")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
     aware_adapters: dict[str, str] = Field(

@@ -14,7 +14,8 @@ each member alone tagged 90+ % of. Routing keeps every member's own decision ins
 1. each member alone makes its own decision in one teacher-forced pass over prompt + tag: either
    greedy (the tag's first token is its most likely first token, what the adapter alone would do)
    or gated (its guard score P(reply starts with the tag) reaches the member's calibrated threshold,
-   guard_threshold.json, saved at training time);
+   guard_threshold.json, saved at training time), or jointly gated (`joint_thresholds`: the threshold
+   recalibrated on the validation splits of ALL members pooled, see there);
 2. if one or more members fire, the one furthest above its threshold (greedy: the highest score)
    writes the reply, starting with the tag (its resolution, e.g. the meeting one, not a mix of all
    three);
@@ -34,7 +35,8 @@ from pathlib import Path
 
 from .errors import PersonaguardError
 from .inference import guard_pass, replies_with_tag_decided
-from .metrics import GATE_FILE, read_gate
+from .metrics import GATE_FILE, gate_threshold, read_gate
+from .schema import NONE_LABEL
 from .stack import use_adapters
 
 
@@ -57,6 +59,35 @@ def gate_thresholds(adapter_dirs: list[str | Path]) -> list[float]:
                                     "(train with a validation split, which writes it)")
         out.append(thr)
     return out
+
+
+def joint_thresholds(
+    model, tokenizer, members: dict[str, str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
+) -> dict[str, float | None]:
+    """Each member's gate recalibrated for the stack: adapter name -> threshold (None: greedy, no positives).
+
+    `members` maps each guardrail to its adapter name on `model`; `snaps` are the members' validation
+    splits pooled. A member's own gate (guard_threshold.json) was calibrated against its own neutral
+    turns only, but in a stack it faces every member's neutral turns, including the others' near-misses
+    (a gym question for the medical rail, a cafe anecdote for the meeting one), and the stack's false
+    tags are the union of the members'. So each member is recalibrated with the same rule
+    (metrics.gate_threshold) on its own triggering items against ALL pooled neutral items. Other
+    guardrails' triggering items are left out: the stack tags them anyway (their own member fires)."""
+    from .prompt import prompt_ids
+
+    prompts = [prompt_ids(tokenizer, s, max_prompt_tokens) for s in snaps]
+    labels = [s.label for s in snaps]
+    out = {}
+    for guardrail, name in members.items():
+        with use_adapters(model, [name]):
+            out[name] = joint_gate(guard_pass(model, tokenizer, prompts, tag, batch_size).scores, labels, guardrail)
+    return out
+
+
+def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float | None:
+    """One member's stack threshold from its guard scores on pooled items: own triggers vs all neutral ones."""
+    own = [x for x, lab in zip(scores, labels) if lab == guardrail]
+    return gate_threshold(own, [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]) if own else None
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:

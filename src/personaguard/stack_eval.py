@@ -34,7 +34,7 @@ from .guardrails import get_guardrail
 from .metrics import detection_metrics, fmt, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
-RUNTIME_METHODS = ("dynamic", "routed", "routed_gated")  # stacks made at run time; every other method is a merge
+RUNTIME_METHODS = ("dynamic", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -79,6 +79,18 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
     return items
 
 
+def validation_items(cfg: StackEvalConfig) -> list[Snapshot]:
+    """The members' validation splits pooled (routed_joint calibrates every member on all of them)."""
+    items = []
+    for g, test in cfg.test_data.items():
+        path = Path(cfg.val_data.get(g) or Path(test).with_name("validation.jsonl"))
+        if not path.is_file():
+            raise PersonaguardError(f"{path}: missing; routed_joint needs each member's validation split "
+                                    f"(set val_data.{g}, or keep the validation.jsonl that generate writes beside test.jsonl)")
+        items += read_jsonl(path, Snapshot, allowed_labels=set(cfg.adapters) | {NONE_LABEL})
+    return items
+
+
 def _merged(cfg: StackEvalConfig, method: str, dirs: list[str], out: Path) -> tuple[Path, dict]:
     """The merged adapter for `method`, made once: a re-run reuses a folder merged from the same sources."""
     from .stack import merge
@@ -106,7 +118,7 @@ def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
 def run(cfg: StackEvalConfig) -> StackEvalResult:
     from .evaluate import predict
     from .models import LoadOptions, load_model
-    from .routing import gate_thresholds
+    from .routing import gate_thresholds, joint_thresholds
     from .stack import activate, load_stack
 
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
@@ -140,6 +152,9 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     thresholds = {"routed": {n: None for n in member_names}}
     if "routed_gated" in cfg.methods:
         thresholds["routed_gated"] = dict(zip(member_names, gate_thresholds(dirs)))
+    if "routed_joint" in cfg.methods:
+        thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg),
+                                                      cfg.max_prompt_tokens, members[next(iter(members))].tag, cfg.batch_size)
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
@@ -167,7 +182,8 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     activate(model, member_names)
 
     write_jsonl_atomic(out / "predictions.jsonl", preds)
-    meta = {"model": cfg.model, "adapters": cfg.adapters, "methods": cfg.methods, "n_items": len(items), "n_double": len(double)}
+    meta = {"model": cfg.model, "adapters": cfg.adapters, "methods": cfg.methods, "n_items": len(items), "n_double": len(double),
+            "thresholds": {m: {g: thr[n] for g, n in zip(members, member_names)} for m, thr in thresholds.items()}}
     result = {"meta": meta, "table": table, "double_trigger": dt,
               "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))

@@ -200,6 +200,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     train_rows = read_jsonl(data_dir / "train.jsonl", Example)
     if not train_rows:
         raise PersonaguardError(f"{data_dir / 'train.jsonl'}: no training examples")
+    for extra in cfg.extra_data_dirs:
+        train_rows += read_jsonl(Path(extra) / "train.jsonl", Example)
     val_path = data_dir / "validation.jsonl"
     val_rows = read_jsonl(val_path, Example) if val_path.is_file() else []
     out_dir.mkdir(parents=True, exist_ok=True)
