@@ -99,12 +99,12 @@ def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainCon
     """Stack-aware retraining as a chain: member k trains again on top of the chain's members 1..k-1.
 
     The first member keeps its own adapter; each later one is trained with the earlier chain members
-    frozen and active, on its own training data plus theirs, so it learns to fire (and stay quiet)
-    inside exactly the stack it joins, on every member's triggers and near-misses. Measured on
-    SmolLM2 (docs/benchmarks.md "Stack-aware training"): retraining every member on top of the
-    *original* others fails (each learns to offset adapters that are then replaced; the sum never
-    tags), and a chain trained on each member's own data only over-fires (the last member never saw
-    the earlier members' neutral turns)."""
+    frozen and active, on its own training data plus theirs, so that it sees every member's triggers
+    and near-misses inside the stack it joins (this union-data version is not yet measured on the real
+    model). Measured on SmolLM2 (docs/benchmarks.md, "Stacking three guardrails" and run V2): retraining
+    every member on top of the *original* others fails (each learns to offset adapters that are then
+    replaced; the sum never tags), and a chain trained on each member's own data only over-fires
+    (the last member never saw the earlier members' neutral turns)."""
     if cfg.stack is None or not cfg.stack_aware_training:
         return {}
     mains = list(_mains(plan).items())
@@ -132,7 +132,6 @@ def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
         **cfg.stack, "model": cfg.model,
         "adapters": {g: u.train.out_dir for g, u in mains.items()},
         "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
-        "val_data": {g: str(Path(u.train.data_dir) / "validation.jsonl") for g, u in mains.items()},
         "out_dir": str(Path(cfg.run_dir) / "stacks"), **({"aware_adapters": aware} if aware else {}),
     }, f"{source} (stack)")
 

@@ -152,17 +152,17 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     thresholds = {"routed": {n: None for n in member_names}}
     if "routed_gated" in cfg.methods:
         thresholds["routed_gated"] = dict(zip(member_names, gate_thresholds(dirs)))
+    first = next(iter(members.values()))  # the guard score is the tag's probability: the same for every member
+    tag = first.tag
     if "routed_joint" in cfg.methods:
         thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg),
-                                                      cfg.max_prompt_tokens, members[next(iter(members))].tag, cfg.batch_size)
+                                                      cfg.max_prompt_tokens, tag, cfg.batch_size)
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
 
     ecfg = EvaluateConfig(model=cfg.model, data=str(out), out_dir=str(out), settings=["none"], max_new_tokens=cfg.max_new_tokens,
                           batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
-    first = next(iter(members.values()))  # the guard score is the tag's probability: the same for every member
-    tag = first.tag
     preds, table, dt = [], {g: {} for g in members}, {}
     for setting, active in tqdm(settings, desc="stack settings", unit="setting"):
         activate(model, active)
