@@ -95,3 +95,59 @@ def test_decision_token_weight_weights_the_first_reply_token():
     weighted = mean_reply_logps(logits, src, tgt, mask, 5.0)
     assert weighted.tolist() == pytest.approx([(5 * tok[0][0] + tok[0][1] + tok[0][2]) / 7, (5 * tok[1][0] + tok[1][1]) / 6], rel=1e-6)
     assert mask.tolist() == [[True, True, True], [True, True, False]]  # the caller's mask is not modified
+
+
+def _tiny_peft():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # move the adapter away from the base (LoRA starts as an exact no-op)
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+ANCHOR_FEATS = [
+    {"prompt_ids": [1, 2, 3, 4], "chosen_ids": [5, 6, 7], "rejected_ids": [8, 9], "neutral": False},
+    {"prompt_ids": [11, 12], "chosen_ids": [13, 14], "rejected_ids": [15, 16, 17], "neutral": True},
+]
+
+
+def test_anchor_scores_neutral_rows_by_kl_to_the_base_model():
+    model = _tiny_peft().eval()
+    batch = pack_pairs(ANCHOR_FEATS, 0)
+    assert batch["neutral"].tolist() == [False, True]
+    with torch.no_grad():
+        orpo = packed_forward(model, batch, lam=0.1, first_weight=3.0)
+        anchored = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", anchor_weight=2.0)
+        # reference: the neutral row's prompt + chosen alone, adapter on and off, full-vocabulary KL per reply token
+        f = ANCHOR_FEATS[1]
+        ids = torch.tensor([f["prompt_ids"] + f["chosen_ids"]])
+        P, C = len(f["prompt_ids"]), len(f["chosen_ids"])
+        lp_a = torch.log_softmax(model(ids).logits[0, P - 1 : P + C - 1], -1)
+        with model.disable_adapter():
+            lp_b = torch.log_softmax(model(ids).logits[0, P - 1 : P + C - 1], -1)
+        kl_tok = (lp_b.exp() * (lp_b - lp_a)).sum(-1)
+        kl = (3.0 * kl_tok[0] + kl_tok[1:].sum()) / (3.0 + C - 1)
+        trig = orpo_loss(*[packed_forward(model, pack_pairs(ANCHOR_FEATS[:1], 0), 0.1, 3.0)[k][None]
+                           for k in ("chosen_logp", "rejected_logp")], lam=0.1)["loss"]
+    assert kl.item() > 1e-3  # the adapter differs from the base, so the anchor has something to pull back
+    assert anchored["anchor_kl"].item() == pytest.approx(kl.item(), rel=1e-4)
+    assert anchored["loss"].item() == pytest.approx((trig.item() + 2.0 * kl.item()) / 2, rel=1e-4)
+    # ORPO parts are logged over the triggering row only; plain ORPO ignores the flag
+    assert anchored["nll"].item() == pytest.approx(trig.item() - 0.1 * anchored["or_loss"].item(), rel=1e-4)
+    assert "anchor_kl" not in orpo and orpo["loss"].item() != pytest.approx(anchored["loss"].item())
+
+
+def test_anchor_is_zero_for_an_untrained_adapter_and_trains_only_the_adapter():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).train()
+    neutral_only = pack_pairs([dict(ANCHOR_FEATS[1])], 0)
+    parts = packed_forward(model, neutral_only, lam=0.1, neutral_loss="anchor")
+    assert parts["anchor_kl"].item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: the adapter is the base model
+    model = _tiny_peft().train()
+    parts = packed_forward(model, neutral_only, lam=0.1, neutral_loss="anchor")
+    parts["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in grads) and any(g is not None and g.abs().sum() > 0 for g in grads.values())

@@ -126,3 +126,22 @@ def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, t
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
     with pytest.raises(PersonaguardError, match="lora_top_layers: 5 but the model has 2"):
         train.run(TrainConfig(**base, out_dir=str(tmp_path / "bad"), lora_top_layers=5))
+
+
+def test_anchor_neutral_loss_trains_and_logs_the_kl(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from personaguard import train
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100,
+                logging_steps=1, lora_dropout=0.0)
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "orpo")))
+    res = train.run(TrainConfig(**base, out_dir=str(tmp_path / "anchor"), neutral_loss="anchor"))
+    assert res.steps == 3 and torch.isfinite(torch.tensor(res.final_loss))
+    rows = list(csv.DictReader((tmp_path / "anchor" / "metrics.csv").open()))
+    kl = [float(r["anchor_kl"]) for r in rows if r["anchor_kl"]]
+    assert kl and all(k >= 0 for k in kl) and kl[-1] > 0  # first step: LoRA B = 0, the adapter is the base (KL 0)
+    assert not any(r["anchor_kl"] for r in csv.DictReader((tmp_path / "orpo" / "metrics.csv").open()))
+    orpo = load_file(tmp_path / "orpo" / "adapter_model.safetensors")
+    anchor = load_file(tmp_path / "anchor" / "adapter_model.safetensors")
+    assert any(not torch.allclose(anchor[k], orpo[k]) for k in orpo if "lora_B" in k)  # the neutral rows' loss differs

@@ -4,6 +4,14 @@ Loss (Hong et al. 2024): NLL(chosen) + lambda * -log sigmoid(log_odds), with
 log_odds = log(p_c / (1 - p_c)) - log(p_r / (1 - p_r)) and p = exp(mean per-token log-prob of the
 reply). Prompt tokens are never scored.
 
+`neutral_loss="anchor"` replaces that loss on neutral rows (label `none`) with the KL divergence from
+the frozen base model's next-token distributions to the adapter's, over the chosen reply's positions:
+"on neutral turns answer as before", literally. ORPO's neutral rows (rejected = a tagged refusal) teach
+each adapter to push the tag *below* the base model on every turn that is not its own trigger; summed
+in a stack, the other members' push outweighs the one member that should fire (docs/benchmarks.md,
+"Stacking three guardrails"). The KL penalises raising the tag on a neutral turn but gives nothing for
+lowering it further, so the adapter learns no such push.
+
 Why our own packing instead of TRL's ORPOTrainer: chosen and rejected share one prompt, and persona
 prompts (system + memories + history) are several times longer than the replies. TRL runs
 prompt+chosen and prompt+rejected as two sequences; we run ONE sequence [prompt | chosen | rejected]
@@ -31,27 +39,45 @@ def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -
     return -F.logsigmoid(log_odds), log_odds
 
 
-def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1) -> dict[str, torch.Tensor]:
-    """Batch ORPO loss plus the parts worth logging (all batch means)."""
+def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1,
+              anchor_kl: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
+              anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Batch ORPO loss plus the parts worth logging (all batch means).
+
+    With `anchor_kl` (per row) and the bool mask `anchored`, the anchored rows contribute
+    `anchor_weight * anchor_kl` instead of NLL + lambda * odds-ratio; the loss stays a mean over all rows."""
     or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
-    nll = -chosen_logps.float().mean()
+    nll_rows = -chosen_logps.float()
+    per_row = nll_rows + lam * or_loss
+    parts = {}
+    if anchored is not None and bool(anchored.any()):
+        per_row = torch.where(anchored, anchor_weight * anchor_kl, per_row)
+        parts["anchor_kl"] = anchor_kl[anchored].mean()
+        scored = ~anchored
+        if not bool(scored.any()):
+            scored = torch.ones_like(anchored)  # an all-neutral batch: log the ORPO parts of every row anyway
+        nll_rows, or_loss, log_odds = nll_rows[scored], or_loss[scored], log_odds[scored]
+        chosen_logps, rejected_logps = chosen_logps[scored], rejected_logps[scored]
     return {
-        "loss": nll + lam * or_loss.mean(),
-        "nll": nll,
+        "loss": per_row.mean(),
+        "nll": nll_rows.mean(),
         "or_loss": or_loss.mean(),
         "log_odds": log_odds.mean(),
         "chosen_logp": chosen_logps.float().mean(),
         "rejected_logp": rejected_logps.float().mean(),
         "reward_acc": (chosen_logps > rejected_logps).float().mean(),
+        **parts,
     }
 
 
 def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Collate {prompt_ids, chosen_ids, rejected_ids} rows into shared-prefix sequences.
 
-    Returns input_ids/position_ids [B, L], `allow` [B, L, L] (True where attention is allowed) and,
-    for each reply, the positions whose logits predict it (`*_src`), the tokens (`*_tgt`) and a mask.
+    Returns input_ids/position_ids [B, L], `allow` [B, L, L] (True where attention is allowed),
+    for each reply the positions whose logits predict it (`*_src`), the tokens (`*_tgt`) and a mask,
+    and `neutral` [B] (the rows' `neutral` flag, False where absent).
     """
+    neutral = torch.tensor([bool(f.get("neutral", False)) for f in features])
     features = [{k: list(f[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for f in features]
     B = len(features)
     L = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)
@@ -83,7 +109,8 @@ def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         out["r_src"][b, :R] = torch.tensor([P - 1] + list(range(P + C, P + C + R - 1)))
         out["r_tgt"][b, :R] = torch.tensor(r)
         r_mask[b, :R] = True
-    return {"input_ids": input_ids, "position_ids": position_ids, "allow": allow, **out, "c_mask": c_mask, "r_mask": r_mask}
+    return {"input_ids": input_ids, "position_ids": position_ids, "allow": allow, **out, "c_mask": c_mask, "r_mask": r_mask,
+            "neutral": neutral}
 
 
 def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -103,11 +130,24 @@ def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor,
 def _masked_mean_logp(rows: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
     """Weighted mean token log-prob of each reply; the first reply token counts `first_weight` times."""
     logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
-    m = mask.to(logp.dtype)
+    return _weighted_mean(logp, mask, first_weight)
+
+
+def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+    """Mean of each row's masked per-token values; the first reply token counts `first_weight` times."""
+    m = mask.to(values.dtype)
     if first_weight != 1.0:
         m = m.clone()
         m[:, 0] *= first_weight
-    return (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
+    return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def anchor_kl(rows: torch.Tensor, base_rows: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+    """Per-row weighted mean over reply positions of KL(base || adapter) between next-token distributions."""
+    logp = torch.log_softmax(rows.float(), dim=-1)
+    base_logp = torch.log_softmax(base_rows.float(), dim=-1)
+    kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
+    return _weighted_mean(kl, mask, first_weight)
 
 
 def _split_model(model):
@@ -122,12 +162,26 @@ def _split_model(model):
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def _scored_rows(model, kwargs: dict, srcs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Logits at the positions in each of `srcs` ([B, n] -> [B, n, V]), from one forward pass."""
+    split = _split_model(model)
+    if split is None:
+        logits = model(**kwargs).logits
+        return [torch.gather(logits, 1, s[..., None].expand(-1, -1, logits.shape[-1])) for s in srcs]
+    decoder, head = split
+    hidden = decoder(**kwargs).last_hidden_state
+    return [head(torch.gather(hidden, 1, s[..., None].expand(-1, -1, hidden.shape[-1]))) for s in srcs]
+
+
+def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0,
+                   neutral_loss: str = "orpo", anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One forward pass over packed pairs -> ORPO loss dict.
 
     `first_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).
     A guardrail's decision is that one token (the tag or a natural first word); in a plain mean over
-    ~48 reply tokens it is ~2 % of the signal."""
+    ~48 reply tokens it is ~2 % of the signal.
+    `neutral_loss="anchor"` scores the batch's neutral rows by their KL to the base model instead (one
+    more forward pass over those rows, adapters disabled, no gradient); `model` must be a PEFT model."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -135,15 +189,15 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
         attention_mask=additive_mask(batch["allow"], dtype),
         use_cache=False,
     )
-    split = _split_model(model)
-    if split is None:
-        logits = model(**kwargs).logits
-        chosen = mean_reply_logps(logits, batch["c_src"], batch["c_tgt"], batch["c_mask"], first_weight)
-        rejected = mean_reply_logps(logits, batch["r_src"], batch["r_tgt"], batch["r_mask"], first_weight)
-    else:
-        decoder, head = split
-        hidden = decoder(**kwargs).last_hidden_state
-        pick = lambda src: torch.gather(hidden, 1, src[..., None].expand(-1, -1, hidden.shape[-1]))  # noqa: E731
-        chosen = _masked_mean_logp(head(pick(batch["c_src"])), batch["c_tgt"], batch["c_mask"], first_weight)
-        rejected = _masked_mean_logp(head(pick(batch["r_src"])), batch["r_tgt"], batch["r_mask"], first_weight)
-    return orpo_loss(chosen, rejected, lam)
+    c_rows, r_rows = _scored_rows(model, kwargs, [batch["c_src"], batch["r_src"]])
+    chosen = _masked_mean_logp(c_rows, batch["c_tgt"], batch["c_mask"], first_weight)
+    rejected = _masked_mean_logp(r_rows, batch["r_tgt"], batch["r_mask"], first_weight)
+    neutral = batch.get("neutral")
+    if neutral_loss != "anchor" or neutral is None or not bool(neutral.any()):
+        return orpo_loss(chosen, rejected, lam)
+    sub = {k: (v[neutral] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+    with torch.no_grad(), model.disable_adapter():
+        (base_rows,) = _scored_rows(model, sub, [batch["c_src"][neutral]])
+    kl = torch.zeros_like(chosen, dtype=torch.float32)
+    kl[neutral] = anchor_kl(c_rows[neutral], base_rows, batch["c_mask"][neutral], first_weight)
+    return orpo_loss(chosen, rejected, lam, kl, neutral, anchor_weight)

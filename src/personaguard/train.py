@@ -21,12 +21,12 @@ from pathlib import Path
 from .config import TrainConfig, dump_yaml
 from .errors import PersonaguardError
 from .guardrails import get_guardrail
-from .schema import Example, read_jsonl, write_text_atomic
+from .schema import NONE_LABEL, Example, read_jsonl, write_text_atomic
 
 METRIC_COLUMNS = [
-    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc",
+    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc", "anchor_kl",
     "learning_rate", "grad_norm", "eval_loss", "eval_nll", "eval_or_loss", "eval_log_odds",
-    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc",
+    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc", "eval_anchor_kl",
 ]
 
 
@@ -48,7 +48,8 @@ def tokenize_examples(examples: list[Example], tokenizer, cfg: TrainConfig) -> l
             "chosen_ids": reply_ids(tokenizer, ex.chosen, cfg.max_reply_tokens),
             "rejected_ids": reply_ids(tokenizer, ex.rejected, cfg.max_reply_tokens),
         }
-        row["length"] = sum(len(v) for v in row.values())  # packed length, for length-grouped batches
+        row["neutral"] = ex.label == NONE_LABEL  # neutral_loss 'anchor' scores these rows against the base model
+        row["length"] = len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])  # packed length, for length-grouped batches
         rows.append(row)
     return rows
 
@@ -69,20 +70,24 @@ def _make_trainer_classes():
     class ORPOTrainer(Trainer):
         """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
 
-        def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0, **kwargs):
+        def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0,
+                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.orpo_lambda = orpo_lambda
             self.decision_token_weight = decision_token_weight
+            self.neutral_loss = neutral_loss
+            self.anchor_weight = anchor_weight
             self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
-            self._counts = {"train": 0, "eval": 0}
+            self._counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}  # per part: anchor_kl comes only with neutral rows
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight)
+            parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight,
+                                   self.neutral_loss, self.anchor_weight)
             split = "train" if model.training else "eval"
             for k, v in parts.items():
                 if k != "loss":
                     self._sums[split][k] = self._sums[split].get(k, 0.0) + float(v.detach())
-            self._counts[split] += 1
+                    self._counts[split][k] = self._counts[split].get(k, 0) + 1
             if return_outputs:
                 return parts["loss"], {"logits": parts["log_odds"].detach()[None]}
             return parts["loss"]
@@ -91,8 +96,8 @@ def _make_trainer_classes():
             split, prefix = ("eval", "eval_") if "eval_loss" in logs else ("train", "")
             if ("loss" in logs or split == "eval") and self._counts[split]:
                 for k, v in self._sums[split].items():
-                    logs[prefix + k] = round(v / self._counts[split], 6)
-                self._sums[split], self._counts[split] = {}, 0
+                    logs[prefix + k] = round(v / self._counts[split][k], 6)
+                self._sums[split], self._counts[split] = {}, {}
             super().log(logs, *args, **kwargs)
 
     class MetricsCSV(TrainerCallback):
@@ -261,6 +266,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         callbacks=[MetricsCSV(out_dir / "metrics.csv")],
         orpo_lambda=cfg.orpo_lambda,
         decision_token_weight=cfg.decision_token_weight,
+        neutral_loss=cfg.neutral_loss,
+        anchor_weight=cfg.anchor_weight,
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
