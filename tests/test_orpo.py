@@ -113,13 +113,15 @@ ANCHOR_FEATS = [
 ]
 
 
-def test_anchor_scores_neutral_rows_by_kl_to_the_base_model():
+def test_anchor_scores_neutral_rows_against_the_base_model():
     model = _tiny_peft().eval()
     batch = pack_pairs(ANCHOR_FEATS, 0)
     assert batch["neutral"].tolist() == [False, True]
     with torch.no_grad():
         orpo = packed_forward(model, batch, lam=0.1, first_weight=3.0)
-        anchored = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", anchor_weight=2.0)
+        anchored = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", anchor_weight=2.0,
+                                  tag_anchor_weight=0.5)
+        kl_only = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", tag_anchor_weight=0.0)
         # reference: the neutral row's prompt + chosen alone, adapter on and off, full-vocabulary KL per reply token
         f = ANCHOR_FEATS[1]
         ids = torch.tensor([f["prompt_ids"] + f["chosen_ids"]])
@@ -129,11 +131,16 @@ def test_anchor_scores_neutral_rows_by_kl_to_the_base_model():
             lp_b = torch.log_softmax(model(ids).logits[0, P - 1 : P + C - 1], -1)
         kl_tok = (lp_b.exp() * (lp_b - lp_a)).sum(-1)
         kl = (3.0 * kl_tok[0] + kl_tok[1:].sum()) / (3.0 + C - 1)
+        # the rejected reply's first token (the tag, in real data) at the reply's start: its log-prob shift
+        shift = lp_a[0, f["rejected_ids"][0]] - lp_b[0, f["rejected_ids"][0]]
+        huber = torch.nn.functional.huber_loss(shift, torch.zeros(()), delta=1.0)
         trig = orpo_loss(*[packed_forward(model, pack_pairs(ANCHOR_FEATS[:1], 0), 0.1, 3.0)[k][None]
                            for k in ("chosen_logp", "rejected_logp")], lam=0.1)["loss"]
-    assert kl.item() > 1e-3  # the adapter differs from the base, so the anchor has something to pull back
+    assert kl.item() > 1e-3 and abs(shift.item()) > 1e-3  # the adapter differs from the base: the anchor has work to do
     assert anchored["anchor_kl"].item() == pytest.approx(kl.item(), rel=1e-4)
-    assert anchored["loss"].item() == pytest.approx((trig.item() + 2.0 * kl.item()) / 2, rel=1e-4)
+    assert anchored["tag_shift"].item() == pytest.approx(shift.item(), rel=1e-4)
+    assert anchored["loss"].item() == pytest.approx((trig.item() + 2.0 * (kl.item() + 0.5 * huber.item())) / 2, rel=1e-4)
+    assert kl_only["loss"].item() == pytest.approx((trig.item() + kl.item()) / 2, rel=1e-4)
     # ORPO parts are logged over the triggering row only; plain ORPO ignores the flag
     assert anchored["nll"].item() == pytest.approx(trig.item() - 0.1 * anchored["or_loss"].item(), rel=1e-4)
     assert "anchor_kl" not in orpo and orpo["loss"].item() != pytest.approx(anchored["loss"].item())

@@ -141,6 +141,7 @@ def test_anchor_neutral_loss_trains_and_logs_the_kl(tiny_model_dir, data_dir, tm
     rows = list(csv.DictReader((tmp_path / "anchor" / "metrics.csv").open()))
     kl = [float(r["anchor_kl"]) for r in rows if r["anchor_kl"]]
     assert kl and all(k >= 0 for k in kl) and kl[-1] > 0  # first step: LoRA B = 0, the adapter is the base (KL 0)
+    assert all(r["tag_shift"] for r in rows if r["anchor_kl"])
     assert not any(r["anchor_kl"] for r in csv.DictReader((tmp_path / "orpo" / "metrics.csv").open()))
     orpo = load_file(tmp_path / "orpo" / "adapter_model.safetensors")
     anchor = load_file(tmp_path / "anchor" / "adapter_model.safetensors")

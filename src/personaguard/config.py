@@ -83,10 +83,12 @@ class TrainConfig(_Strict):
         1.0, ge=1, description="Weight of each reply's first token (tag or not) in ORPO's mean token log-prob; 1 = plain ORPO.")
     neutral_loss: Literal["orpo", "anchor"] = Field(
         "orpo", description="Loss on neutral (label 'none') rows: 'orpo' = NLL(chosen) + odds ratio against the tagged "
-        "refusal, as in the paper; 'anchor' = KL from the base model's next-token distributions to the adapter's over the "
-        "chosen reply (answer as before), which teaches no tag suppression and so lets adapters add up in a stack.")
-    anchor_weight: float = Field(1.0, gt=0, description="With neutral_loss 'anchor': weight of a neutral row's KL against "
-        "a triggering row's ORPO loss.")
+        "refusal, as in the paper; 'anchor' = answer as the base model would (KL over the chosen reply, and the tag's "
+        "log-probability held at the base's), which teaches no tag suppression and so lets adapters add up in a stack.")
+    anchor_weight: float = Field(1.0, gt=0, description="With neutral_loss 'anchor': weight of a neutral row's anchor loss "
+        "against a triggering row's ORPO loss.")
+    tag_anchor_weight: float = Field(1.0, ge=0, description="With neutral_loss 'anchor': weight of the Huber penalty on the "
+        "shift of the tag's log-probability from the base model's at a neutral reply's start (0 = KL only; see orpo.py).")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")

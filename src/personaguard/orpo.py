@@ -4,21 +4,18 @@ Loss (Hong et al. 2024): NLL(chosen) + lambda * -log sigmoid(log_odds), with
 log_odds = log(p_c / (1 - p_c)) - log(p_r / (1 - p_r)) and p = exp(mean per-token log-prob of the
 reply). Prompt tokens are never scored.
 
-`neutral_loss="anchor"` replaces that loss on neutral rows (label `none`) with the KL divergence from
-the frozen base model's next-token distributions to the adapter's, over the chosen reply's positions:
-"on neutral turns answer as before", literally. ORPO's neutral rows (rejected = a tagged refusal) teach
-each adapter to push the tag *below* the base model on every turn that is not its own trigger; summed
-in a stack, the other members' push outweighs the one member that should fire (docs/benchmarks.md,
-"Stacking three guardrails"). The KL penalises raising the tag on a neutral turn but gives nothing for
-lowering it further, so the adapter learns no such push.
-
-Why our own packing instead of TRL's ORPOTrainer: chosen and rejected share one prompt, and persona
-prompts (system + memories + history) are several times longer than the replies. TRL runs
-prompt+chosen and prompt+rejected as two sequences; we run ONE sequence [prompt | chosen | rejected]
-where a 4-D attention mask hides the chosen tokens from the rejected ones and the rejected
-positions restart right after the prompt, so the prompt is encoded once. The logits are identical
-to the two-sequence computation (tests/test_orpo.py checks this); bench/orpo_step.py measures the
-speed-up.
+`neutral_loss="anchor"` replaces that loss on neutral rows (label `none`) with "answer as before",
+measured against the frozen base model: the KL divergence from its next-token distributions to the
+adapter's over the chosen reply, plus a Huber penalty on the gap between the adapter's and the base's
+log-probability of the rejected reply's first token (the tag) at the reply's start.
+Why: a stack of adapters adds their updates, and the tag's log-probability moves roughly by the sum of
+what each member does to it. ORPO's neutral rows (rejected = a tagged refusal) teach every member to push
+the tag far *below* the base model on all turns but its own trigger, so in a stack the others outweigh
+the member that should fire (docs/benchmarks.md, "Stacking three guardrails"). The KL alone does not
+fix it: the base gives the tag ~1e-4 at a neutral reply's start, and a member may raise that to 1e-2
+(+5 nats) at almost no KL cost; three such members summed make the tag the likeliest first token
+(measured: false tag rate 0.75-0.83). Held at the base's log-probability, a member neither pushes the
+tag down nor up outside its trigger, so members add up.
 """
 
 from __future__ import annotations
@@ -40,19 +37,18 @@ def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -
 
 
 def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1,
-              anchor_kl: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
+              anchor_loss: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
               anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Batch ORPO loss plus the parts worth logging (all batch means).
 
-    With `anchor_kl` (per row) and the bool mask `anchored`, the anchored rows contribute
-    `anchor_weight * anchor_kl` instead of NLL + lambda * odds-ratio; the loss stays a mean over all rows."""
+    With `anchor_loss` (per row) and the bool mask `anchored`, the anchored rows contribute
+    `anchor_weight * anchor_loss` instead of NLL + lambda * odds-ratio; the loss stays a mean over all rows
+    and the ORPO parts are logged over the other rows."""
     or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
     nll_rows = -chosen_logps.float()
     per_row = nll_rows + lam * or_loss
-    parts = {}
     if anchored is not None and bool(anchored.any()):
-        per_row = torch.where(anchored, anchor_weight * anchor_kl, per_row)
-        parts["anchor_kl"] = anchor_kl[anchored].mean()
+        per_row = torch.where(anchored, anchor_weight * anchor_loss, per_row)
         scored = ~anchored
         if not bool(scored.any()):
             scored = torch.ones_like(anchored)  # an all-neutral batch: log the ORPO parts of every row anyway
@@ -66,7 +62,6 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: flo
         "chosen_logp": chosen_logps.float().mean(),
         "rejected_logp": rejected_logps.float().mean(),
         "reward_acc": (chosen_logps > rejected_logps).float().mean(),
-        **parts,
     }
 
 
@@ -174,14 +169,15 @@ def _scored_rows(model, kwargs: dict, srcs: list[torch.Tensor]) -> list[torch.Te
 
 
 def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0,
-                   neutral_loss: str = "orpo", anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                   neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One forward pass over packed pairs -> ORPO loss dict.
 
     `first_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).
     A guardrail's decision is that one token (the tag or a natural first word); in a plain mean over
     ~48 reply tokens it is ~2 % of the signal.
-    `neutral_loss="anchor"` scores the batch's neutral rows by their KL to the base model instead (one
-    more forward pass over those rows, adapters disabled, no gradient); `model` must be a PEFT model."""
+    `neutral_loss="anchor"` scores the batch's neutral rows against the base model instead (KL plus
+    `tag_anchor_weight` x Huber(tag log-prob shift); one more forward pass over those rows, adapters
+    disabled, no gradient); `model` must be a PEFT model. Logs `anchor_kl` and `tag_shift` (nats)."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -198,6 +194,13 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     sub = {k: (v[neutral] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     with torch.no_grad(), model.disable_adapter():
         (base_rows,) = _scored_rows(model, sub, [batch["c_src"][neutral]])
-    kl = torch.zeros_like(chosen, dtype=torch.float32)
-    kl[neutral] = anchor_kl(c_rows[neutral], base_rows, batch["c_mask"][neutral], first_weight)
-    return orpo_loss(chosen, rejected, lam, kl, neutral, anchor_weight)
+    rows = c_rows[neutral]
+    kl = anchor_kl(rows, base_rows, batch["c_mask"][neutral], first_weight)
+    # the first reply position predicts both replies' first token; a neutral row's rejected reply starts with the tag
+    unwanted = batch["r_tgt"][neutral, :1]
+    shift = (torch.log_softmax(rows[:, 0].float(), -1).gather(-1, unwanted)
+             - torch.log_softmax(base_rows[:, 0].float(), -1).gather(-1, unwanted)).squeeze(-1)
+    anchor = torch.zeros_like(chosen, dtype=torch.float32)
+    anchor[neutral] = kl + tag_anchor_weight * F.huber_loss(shift, torch.zeros_like(shift), reduction="none", delta=1.0)
+    parts = orpo_loss(chosen, rejected, lam, anchor, neutral, anchor_weight)
+    return {**parts, "anchor_kl": kl.mean(), "tag_shift": shift.mean()}

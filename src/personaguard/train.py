@@ -24,9 +24,9 @@ from .guardrails import get_guardrail
 from .schema import NONE_LABEL, Example, read_jsonl, write_text_atomic
 
 METRIC_COLUMNS = [
-    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc", "anchor_kl",
+    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc", "anchor_kl", "tag_shift",
     "learning_rate", "grad_norm", "eval_loss", "eval_nll", "eval_or_loss", "eval_log_odds",
-    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc", "eval_anchor_kl",
+    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc", "eval_anchor_kl", "eval_tag_shift",
 ]
 
 
@@ -71,18 +71,19 @@ def _make_trainer_classes():
         """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
 
         def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0,
-                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, **kwargs):
+                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0, **kwargs):
             super().__init__(*args, **kwargs)
             self.orpo_lambda = orpo_lambda
             self.decision_token_weight = decision_token_weight
             self.neutral_loss = neutral_loss
             self.anchor_weight = anchor_weight
+            self.tag_anchor_weight = tag_anchor_weight
             self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
             self._counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}  # per part: anchor_kl comes only with neutral rows
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight,
-                                   self.neutral_loss, self.anchor_weight)
+                                   self.neutral_loss, self.anchor_weight, self.tag_anchor_weight)
             split = "train" if model.training else "eval"
             for k, v in parts.items():
                 if k != "loss":
@@ -268,6 +269,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         decision_token_weight=cfg.decision_token_weight,
         neutral_loss=cfg.neutral_loss,
         anchor_weight=cfg.anchor_weight,
+        tag_anchor_weight=cfg.tag_anchor_weight,
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
