@@ -128,3 +128,23 @@ def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(s
         neutral = [x for x, s in zip(sc, snaps) if s.label == "none"]  # the other guardrail's triggers are not negatives
         assert thr[name] == pytest.approx(gate_threshold(own, neutral), rel=1e-5)
     assert joint_thresholds(model, tok, {"politics": pol}, snaps[2:], 128, TAG) == {pol: None}  # no positives: greedy
+
+
+def test_guard_pass_first_logps_are_the_tags_first_token_log_prob(stack):
+    """first_logps = log P(tag's first token | prompt), read off the same pass as the (whole-tag) score."""
+    import math
+
+    import torch
+
+    from personaguard.inference import guard_pass, tag_token_ids
+    from personaguard.stack import use_adapters
+
+    model, tok, names, _, prompts = stack
+    first = tag_token_ids(tok, TAG)[0]
+    with use_adapters(model, [names[0]]):
+        g = guard_pass(model, tok, prompts, TAG, batch_size=2)
+        for p, lp, score in zip(prompts, g.first_logps, g.scores):
+            with torch.no_grad():
+                ref = torch.log_softmax(model(torch.tensor([p])).logits[0, -1].float(), -1)[first].item()
+            assert lp == pytest.approx(ref, abs=1e-4)
+            assert math.log(score) <= lp + 1e-6  # the whole tag is no likelier than its first token

@@ -29,6 +29,7 @@ class GuardPass:
     scores: list[float]  # P(reply starts with the tag)
     greedy: list[bool]  # the tag's first token is the single most likely first token (greedy decoding would tag)
     seconds: list[float]  # per item
+    first_logps: list[float]  # log-prob of the tag's first token as the reply's first token (the decision itself)
 
 
 def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> GuardPass:
@@ -38,7 +39,7 @@ def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size:
     tag_ids = tag_token_ids(tokenizer, tag)
     T = len(tag_ids)
     n = len(prompts)
-    res = GuardPass([0.0] * n, [False] * n, [0.0] * n)
+    res = GuardPass([0.0] * n, [False] * n, [0.0] * n, [0.0] * n)
     dev = _device(model)
     tag_t = torch.tensor(tag_ids, device=dev)
     for idx in _batches(n, [len(p) for p in prompts], batch_size):
@@ -61,6 +62,7 @@ def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size:
         dt = (time.perf_counter() - t0) / len(idx)
         for b, i in enumerate(idx):
             res.scores[i], res.greedy[i], res.seconds[i] = float(torch.exp(total[b])), bool(first_is_tag[b]), dt
+            res.first_logps[i] = float(lp[b, 0, tag_t[0]])
     return res
 
 

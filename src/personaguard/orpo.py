@@ -4,18 +4,26 @@ Loss (Hong et al. 2024): NLL(chosen) + lambda * -log sigmoid(log_odds), with
 log_odds = log(p_c / (1 - p_c)) - log(p_r / (1 - p_r)) and p = exp(mean per-token log-prob of the
 reply). Prompt tokens are never scored.
 
+Why our own packing instead of TRL's ORPOTrainer: chosen and rejected share one prompt, and persona
+prompts (system + memories + history) are several times longer than the replies. TRL runs
+prompt+chosen and prompt+rejected as two sequences; we run ONE sequence [prompt | chosen | rejected]
+where a 4-D attention mask hides the chosen tokens from the rejected ones and the rejected
+positions restart right after the prompt, so the prompt is encoded once. The logits are identical
+to the two-sequence computation (tests/test_orpo.py checks this); bench/orpo_step.py measures the
+speed-up.
+
 `neutral_loss="anchor"` replaces that loss on neutral rows (label `none`) with "answer as before",
 measured against the frozen base model: the KL divergence from its next-token distributions to the
 adapter's over the chosen reply, plus a Huber penalty on the gap between the adapter's and the base's
 log-probability of the rejected reply's first token (the tag) at the reply's start.
 Why: a stack of adapters adds their updates, and the tag's log-probability moves roughly by the sum of
 what each member does to it. ORPO's neutral rows (rejected = a tagged refusal) teach every member to push
-the tag far *below* the base model on all turns but its own trigger, so in a stack the others outweigh
-the member that should fire (docs/benchmarks.md, "Stacking three guardrails"). The KL alone does not
-fix it: the base gives the tag ~1e-4 at a neutral reply's start, and a member may raise that to 1e-2
-(+5 nats) at almost no KL cost; three such members summed make the tag the likeliest first token
-(measured: false tag rate 0.75-0.83). Held at the base's log-probability, a member neither pushes the
-tag down nor up outside its trigger, so members add up.
+the tag *below* the base model on all turns but its own trigger, so in a stack the others outweigh the
+member that should fire (docs/benchmarks.md, "Stacking three guardrails"). The KL alone does not fix
+it: the base model gives the tag a log-prob of about -8 to -11 at a neutral reply's start, a member
+trained with the KL alone raised that by 4-6 nats at almost no KL cost, and three such members summed
+made the tag the likeliest first token on 0.75-0.83 of the neutral turns (docs/benchmarks.md, run X1).
+Held at the base's log-probability, a member neither pushes the tag down nor up outside its trigger.
 """
 
 from __future__ import annotations
