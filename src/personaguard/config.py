@@ -84,7 +84,8 @@ class TrainConfig(_Strict):
     neutral_loss: Literal["orpo", "anchor"] = Field(
         "orpo", description="Loss on neutral (label 'none') rows: 'orpo' = NLL(chosen) + odds ratio against the tagged "
         "refusal, as in the paper; 'anchor' = answer as the base model would (KL over the chosen reply, and the tag's "
-        "log-probability held at the base's), which teaches no tag suppression and so lets adapters add up in a stack.")
+        "log-probability held at the base's), which teaches no tag suppression outside the trigger (summed stacks of such "
+        "members still lost tags on SmolLM2: docs/benchmarks.md, 'Members that add up').")
     anchor_weight: float = Field(1.0, gt=0, description="With neutral_loss 'anchor': weight of a neutral row's anchor loss "
         "against a triggering row's ORPO loss.")
     tag_anchor_weight: float = Field(1.0, ge=0, description="With neutral_loss 'anchor': weight of the Huber penalty on the "
