@@ -93,6 +93,22 @@ def train(
     typer.echo(f"adapter saved to {res.adapter_dir} ({res.steps} steps, {res.seconds:.0f}s)")
 
 
+@app.command("train-joint")
+def train_joint(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Train several guardrail adapters together for stacking: each step a random subset is active, and a
+    row whose guardrail is off is answered without the tag. Config: members (guardrail -> data_dir,
+    out_dir), out_dir (the joint run), train (shared TrainConfig fields)."""
+    from . import train_joint as joint_mod
+    from .config import JointTrainConfig, load_config
+
+    cfg = load_config(JointTrainConfig, config, set_)
+    for res in joint_mod.run(cfg, str(config or "config")):
+        typer.echo(f"adapter saved to {res.adapter_dir} ({res.steps} joint steps, {res.seconds:.0f}s)")
+
+
 @app.command()
 def evaluate(
     config: Optional[Path] = ConfigOpt,

@@ -123,6 +123,41 @@ class TrainConfig(_Strict):
         return self
 
 
+class JointMember(_Strict):
+    data_dir: str = Field(..., description="This guardrail's `generate` folder (train.jsonl, validation.jsonl).")
+    out_dir: str = Field(..., description="Where this guardrail's PEFT adapter folder is written.")
+
+
+_PER_MEMBER = ("guardrail", "data_dir", "out_dir")
+
+
+class JointTrainConfig(_Strict):
+    members: dict[str, JointMember] = Field(
+        ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more.")
+    out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
+    train: dict = Field(default_factory=dict, description="TrainConfig fields shared by every member (model, lr, epochs, ...).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "JointTrainConfig":
+        if len(self.members) < 2:
+            raise ValueError(f"members: joint training needs two or more guardrails, got {len(self.members)}")
+        given = sorted(k for k in self.train if k in _PER_MEMBER)
+        if given:
+            raise ValueError(f"train sets {given}, which each member has its own of; set them under members")
+        for key in ("frozen_adapters", "extra_data_dirs"):
+            if self.train.get(key):
+                raise ValueError(f"train.{key} is for one adapter trained on top of others; joint training trains "
+                                 "every member together, drop it")
+        if self.train.get("resume"):
+            raise ValueError("train.resume: joint training cannot resume from a checkpoint yet; start it again")
+        return self
+
+    def member_configs(self, source: str = "config") -> list["TrainConfig"]:
+        """One TrainConfig per member: the shared fields plus its guardrail and folders."""
+        return [build(TrainConfig, {**self.train, "guardrail": g, "data_dir": m.data_dir, "out_dir": m.out_dir},
+                      f"{source} (members.{g})") for g, m in self.members.items()]
+
+
 class EndpointConfig(_Strict):
     base_url: str = Field(..., description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
     model: str = Field(..., description="Model name at that endpoint (or a local folder for llama_guard).")
@@ -239,6 +274,11 @@ class PipelineConfig(_Strict):
         False, description="With stack: retrain the guardrails as a chain, each later one with the earlier ones frozen and "
         "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.")
 
+    joint_training: bool = Field(
+        False, description="Train the guardrails' main adapters together (train_joint.py): each step a random subset of "
+        "them is active and a row whose guardrail is off answers as a neutral turn, so every subset's sum (each member "
+        "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.")
+
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":
         unknown = sorted(set(self.variations) - set(self.guardrails))
@@ -246,6 +286,14 @@ class PipelineConfig(_Strict):
             raise ValueError(f"variations names {unknown}, which are not in guardrails {self.guardrails}; add them there or drop them")
         if self.stack is not None and len(self.guardrails) < 2:
             raise ValueError("stack is set but guardrails has fewer than two entries; list two or more or drop stack")
+        if self.joint_training:
+            if len(self.guardrails) < 2:
+                raise ValueError("joint_training needs two or more guardrails; list them or set joint_training: false")
+            if self.stack_aware_training:
+                raise ValueError("joint_training and stack_aware_training are two ways to train for the stack; set one of them")
+            if self.generate.get("cross_negative_share"):
+                raise ValueError("joint_training makes its own cross-negatives from the members' triggers; "
+                                 "set generate.cross_negative_share: 0")
         return self
 
 

@@ -78,9 +78,11 @@ def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     Returns input_ids/position_ids [B, L], `allow` [B, L, L] (True where attention is allowed),
     for each reply the positions whose logits predict it (`*_src`), the tokens (`*_tgt`) and a mask,
-    and `neutral` [B] (the rows' `neutral` flag, False where absent).
+    `neutral` [B] (the rows' `neutral` flag, False where absent) and `member` [B] (the rows' `member`
+    index for joint training, -1 where absent).
     """
     neutral = torch.tensor([bool(f.get("neutral", False)) for f in features])
+    member = torch.tensor([int(f.get("member", -1)) for f in features])  # joint training: the row's guardrail index
     features = [{k: list(f[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for f in features]
     B = len(features)
     L = max(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)
@@ -113,7 +115,7 @@ def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         out["r_tgt"][b, :R] = torch.tensor(r)
         r_mask[b, :R] = True
     return {"input_ids": input_ids, "position_ids": position_ids, "allow": allow, **out, "c_mask": c_mask, "r_mask": r_mask,
-            "neutral": neutral}
+            "neutral": neutral, "member": member}
 
 
 def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -185,7 +187,9 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     ~48 reply tokens it is ~2 % of the signal.
     `neutral_loss="anchor"` scores the batch's neutral rows against the base model instead (KL plus
     `tag_anchor_weight` x Huber(tag log-prob shift); one more forward pass over those rows, adapters
-    disabled, no gradient); `model` must be a PEFT model. Logs `anchor_kl` and `tag_shift` (nats)."""
+    disabled, no gradient); `model` must be a PEFT model. Logs `anchor_kl` and `tag_shift` (nats).
+    A bool `swap` [B] in the batch exchanges chosen and rejected for those rows (train_joint.py: a
+    triggering row whose guardrail is not active at this step should be answered as a neutral turn)."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -196,6 +200,9 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     c_rows, r_rows = _scored_rows(model, kwargs, [batch["c_src"], batch["r_src"]])
     chosen = _masked_mean_logp(c_rows, batch["c_tgt"], batch["c_mask"], first_weight)
     rejected = _masked_mean_logp(r_rows, batch["r_tgt"], batch["r_mask"], first_weight)
+    swap = batch.get("swap")
+    if swap is not None and bool(swap.any()):  # joint training: rows whose guardrail is switched off prefer the untagged reply
+        chosen, rejected = torch.where(swap, rejected, chosen), torch.where(swap, chosen, rejected)
     neutral = batch.get("neutral")
     if neutral_loss != "anchor" or neutral is None or not bool(neutral.any()):
         return orpo_loss(chosen, rejected, lam)

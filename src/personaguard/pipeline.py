@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import evaluate, generate, train
-from .config import EvaluateConfig, GenerateConfig, PipelineConfig, StackEvalConfig, TrainConfig, build, dump_yaml
+from .config import EvaluateConfig, GenerateConfig, JointTrainConfig, PipelineConfig, StackEvalConfig, TrainConfig, build, dump_yaml
 from .errors import PersonaguardError
 from .evaluate import summary_table
 from .metrics import fmt
@@ -119,6 +119,18 @@ def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainCon
     return out
 
 
+def joint_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> JointTrainConfig | None:
+    """With `joint_training`: the guardrails' main adapters trained together (train_joint.py), run folder `joint/`."""
+    if not cfg.joint_training:
+        return None
+    mains = _mains(plan)
+    return build(JointTrainConfig, {
+        "members": {u.guardrail: {"data_dir": u.train.data_dir, "out_dir": u.train.out_dir} for u in mains.values()},
+        "out_dir": str(Path(cfg.run_dir) / "joint"),
+        "train": {"guardrails_dir": cfg.guardrails_dir, **cfg.train, "model": cfg.model},
+    }, f"{source} (joint training)")
+
+
 def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> StackEvalConfig | None:
     if cfg.stack is None:
         return None
@@ -145,19 +157,31 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
     result = PipelineResult(run_dir)
     plan = units(cfg, source)  # validate everything first
     stack_cfg = stack_config(cfg, plan, source)
-    for u in plan:
-        for step in range(start_step, min(end_step, 3) + 1):
-            t0 = time.perf_counter()
-            if step == 1:
-                generate.run(u.gen)  # a variation shared by two units is generated once (resume skips done ids)
-            elif step == 2:
-                train.run(u.train)
-            else:
-                for e in u.evals:
-                    res = evaluate.run(e)
-                    for setting, m in res.metrics.items():
-                        result.metrics[f"{u.name} / {Path(e.out_dir).name} / {setting}"] = m
-            result.seconds[f"{u.name}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
+    joint_cfg = joint_config(cfg, plan, source)
+    mains = {u.name for u in _mains(plan).values()}
+    steps = range(start_step, min(end_step, 3) + 1)
+    # joint training needs every member's data first, so then the steps run one after the other for all units
+    order = [(s, u) for s in steps for u in plan] if joint_cfg else [(s, u) for u in plan for s in steps]
+    for step, u in order:
+        t0 = time.perf_counter()
+        if step == 1:
+            generate.run(u.gen)  # a variation shared by two units is generated once (resume skips done ids)
+        elif step == 2 and joint_cfg and u.name in mains:
+            if "joint:train" in result.seconds:
+                continue
+            from . import train_joint
+
+            train_joint.run(joint_cfg, f"{source} (joint training)")
+            result.seconds["joint:train"] = round(time.perf_counter() - t0, 1)
+            continue
+        elif step == 2:
+            train.run(u.train)
+        else:
+            for e in u.evals:
+                res = evaluate.run(e)
+                for setting, m in res.metrics.items():
+                    result.metrics[f"{u.name} / {Path(e.out_dir).name} / {setting}"] = m
+        result.seconds[f"{u.name}:{STEPS[step]}"] = round(time.perf_counter() - t0, 1)
     if start_step <= 2 <= end_step:
         for g, t in aware_trainings(cfg, plan).items():
             t0 = time.perf_counter()

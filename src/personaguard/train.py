@@ -71,8 +71,10 @@ def _make_trainer_classes():
         """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
 
         def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0,
-                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0, **kwargs):
+                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0,
+                     row_targets=None, **kwargs):
             super().__init__(*args, **kwargs)
+            self.row_targets = row_targets  # joint training: picks the active members and each row's target per batch
             self.orpo_lambda = orpo_lambda
             self.decision_token_weight = decision_token_weight
             self.neutral_loss = neutral_loss
@@ -82,6 +84,8 @@ def _make_trainer_classes():
             self._counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}  # per part: anchor_kl comes only with neutral rows
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.row_targets is not None:
+                inputs = self.row_targets(model, inputs)
             parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight,
                                    self.neutral_loss, self.anchor_weight, self.tag_anchor_weight)
             split = "train" if model.training else "eval"
@@ -145,11 +149,10 @@ def calibrate_gate(model, tok, val_rows: list[Example], guardrail, cfg: TrainCon
     return thr
 
 
-def _lora_model(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _lora_config(model, cfg: TrainConfig):
+    """The LoRA config `cfg` asks for, resolved against `model` (for lora_top_layers)."""
+    from peft import LoraConfig
 
-    if cfg.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets, layers = cfg.target_modules, None
     if cfg.lora_top_layers:
         n = model.config.num_hidden_layers
@@ -157,7 +160,7 @@ def _lora_model(model, cfg: TrainConfig):
             raise PersonaguardError(f"train.lora_top_layers: {cfg.lora_top_layers} but the model has {n} decoder layers")
         layers = list(range(n - cfg.lora_top_layers, n))
         targets = _layer_linear_names(model) if targets == "all-linear" else targets  # PEFT wants names with a layer list
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -165,7 +168,14 @@ def _lora_model(model, cfg: TrainConfig):
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+
+
+def _lora_model(model, cfg: TrainConfig, adapter_name: str = "default"):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return get_peft_model(model, _lora_config(model, cfg), adapter_name=adapter_name)
 
 
 def _layer_linear_names(model) -> list[str]:
@@ -195,9 +205,45 @@ def _add_frozen(model, dirs: list[str]) -> None:
             p.requires_grad_(".default." in n)  # ...so freeze all but the new one again
 
 
+def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, with_eval: bool, **overrides):
+    """The Trainer's arguments for `cfg` (shared by one adapter's and a joint run's training)."""
+    from transformers import TrainingArguments
+
+    bf16 = device.startswith("cuda") and cfg.precision in ("auto", "bf16")
+    return TrainingArguments(**{**dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
+        lr_scheduler_type="linear",
+        logging_steps=cfg.logging_steps,
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if with_eval else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        fp16=device.startswith("cuda") and cfg.precision == "fp16",
+        remove_unused_columns=False,
+        # batches of similar packed length waste less compute on padding
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        label_names=["c_tgt"],
+        dataloader_pin_memory=False,
+        report_to=cfg.report_to or "none",
+        disable_tqdm=False,
+    ), **overrides})
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from .models import LoadOptions, load_model, pick_device
 
@@ -228,36 +274,7 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     train_feats = tokenize_examples(train_rows, tok, cfg)
     val_feats = tokenize_examples(val_rows, tok, cfg) if val_rows else None
-    bf16 = device.startswith("cuda") and cfg.precision in ("auto", "bf16")
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
-        lr_scheduler_type="linear",
-        logging_steps=cfg.logging_steps,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if val_feats else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=device.startswith("cuda") and cfg.precision == "fp16",
-        remove_unused_columns=False,
-        # batches of similar packed length waste less compute on padding
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
-        label_names=["c_tgt"],
-        dataloader_pin_memory=False,
-        report_to=cfg.report_to or "none",
-        disable_tqdm=False,
-    )
+    args = training_arguments(cfg, out_dir, device, bool(val_feats))
     trainer = ORPOTrainer(
         model=model,
         args=args,
