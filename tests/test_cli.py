@@ -23,7 +23,7 @@ def test_help_lists_commands_without_torch():
 
 
 def test_every_command_has_help():
-    for cmd in (["pipeline"], ["generate"], ["train"], ["evaluate"], ["merge"], ["stack"], ["plot"], ["report"], ["models"], ["guardrails", "list"], ["guardrails", "show"]):
+    for cmd in (["pipeline"], ["generate"], ["train"], ["train-joint"], ["evaluate"], ["merge"], ["stack"], ["plot"], ["report"], ["models"], ["guardrails", "list"], ["guardrails", "show"]):
         assert runner.invoke(app, [*cmd, "--help"]).exit_code == 0
 
 
@@ -54,3 +54,8 @@ def test_evaluate_bad_jsonl_one_line(tmp_path, tiny_model_dir):
     res = _cli("evaluate", "--data", str(d), "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and f"{d}:2: field 'label': unknown label 'sports'" in res.stderr
+
+
+def test_train_joint_with_one_member_is_one_line_error():
+    res = _cli("train-joint", "--set", "members={politics: {data_dir: d, out_dir: a}}", "--set", "out_dir=j")
+    assert res.returncode == 2 and "two or more" in res.stderr and len(res.stderr.strip().splitlines()) == 1

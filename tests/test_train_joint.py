@@ -146,3 +146,12 @@ def test_pipeline_joint_training_checks():
         build(PipelineConfig, {**base, "stack_aware_training": True})
     with pytest.raises(PersonaguardError, match="two or more guardrails"):
         build(PipelineConfig, {"guardrails": ["politics"], "joint_training": True})
+
+
+def test_full_stack_share_draws_the_full_set_more_often():
+    uniform, full = SubsetTargets(["a", "b", "c"], seed=1), SubsetTargets(["a", "b", "c"], seed=1, full_share=0.5)
+    for _ in range(700):
+        uniform.draw(True)
+        full.draw(True)
+    assert 60 < uniform.drawn["a,b,c"] < 140  # about 1/7 of 700
+    assert full.drawn["a,b,c"] > 330  # about 0.5 + 0.5/7 of 700

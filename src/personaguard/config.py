@@ -136,6 +136,9 @@ class JointTrainConfig(_Strict):
         ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more.")
     out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
     train: dict = Field(default_factory=dict, description="TrainConfig fields shared by every member (model, lr, epochs, ...).")
+    full_stack_share: float = Field(
+        0.0, ge=0, le=1, description="Share of steps with every member active; the others draw uniformly from all "
+        "non-empty subsets (0 = all subsets equally, each member alone included).")
 
     @model_validator(mode="after")
     def _check(self) -> "JointTrainConfig":
@@ -278,6 +281,7 @@ class PipelineConfig(_Strict):
         False, description="Train the guardrails' main adapters together (train_joint.py): each step a random subset of "
         "them is active and a row whose guardrail is off answers as a neutral turn, so every subset's sum (each member "
         "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.")
+    joint: dict = Field(default_factory=dict, description="With joint_training: JointTrainConfig options (e.g. full_stack_share).")
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":

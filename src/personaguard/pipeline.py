@@ -125,6 +125,7 @@ def joint_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
         return None
     mains = _mains(plan)
     return build(JointTrainConfig, {
+        **cfg.joint,
         "members": {u.guardrail: {"data_dir": u.train.data_dir, "out_dir": u.train.out_dir} for u in mains.values()},
         "out_dir": str(Path(cfg.run_dir) / "joint"),
         "train": {"guardrails_dir": cfg.guardrails_dir, **cfg.train, "model": cfg.model},

@@ -2,15 +2,16 @@
 
 Usage:
     personaguard train-joint --config joint.yaml   # members: {politics: {data_dir: ..., out_dir: ...}, ...}; train: {...}
-    personaguard pipeline --config configs/paper-cpu.yaml --set joint_training=true
+    personaguard pipeline --config configs/paper-cpu.yaml     # joint_training: true there
     from personaguard.train_joint import run; run(JointTrainConfig(members=..., out_dir=..., train={...}))
 
 Why: a dynamic stack adds its members' LoRA updates, and members trained one by one do not add up:
 each changes the hidden states the others read, so their sum loses tags or fires on neutral turns
 (docs/benchmarks.md, "Stacking three guardrails" and "Members that add up"). Here the training
-objective is the stack's own. Each step draws one non-empty subset S of the members, uniformly from
-all 2^n - 1, and activates it (PEFT adds the active adapters' updates exactly as a dynamic stack does
-when serving). Each row's target follows S:
+objective is the stack's own. Each step draws one non-empty subset S of the members (all of
+them with probability `full_stack_share`, else uniformly from all 2^n - 1) and activates it (PEFT
+adds the active adapters' updates exactly as a dynamic stack does when serving). Each row's
+target follows S:
 - a row that triggers a member in S keeps its tagged reply as chosen (single-adapter training);
 - a row that triggers a member outside S swaps chosen and rejected: that guardrail is off, so the
   persona answers in character without the tag (the cross-negative, made from the members' own data);
@@ -56,10 +57,11 @@ class SubsetTargets:
     row's member index, -1 for neutral rows); returns the batch with a bool `swap` added. In eval mode
     all members are active, so the validation loss is the full stack's."""
 
-    def __init__(self, names: list[str], seed: int):
+    def __init__(self, names: list[str], seed: int, full_share: float = 0.0):
         import torch
 
         self.names = names
+        self.full_share = full_share
         self.subsets = [s for k in range(1, len(names) + 1) for s in itertools.combinations(range(len(names)), k)]
         self.gen = torch.Generator().manual_seed(seed)
         self.drawn = {",".join(names[i] for i in s): 0 for s in self.subsets}
@@ -69,7 +71,10 @@ class SubsetTargets:
 
         if not training:
             return tuple(range(len(self.names)))
-        s = self.subsets[int(torch.randint(len(self.subsets), (1,), generator=self.gen))]
+        if self.full_share and float(torch.rand((), generator=self.gen)) < self.full_share:
+            s = self.subsets[-1]  # combinations() lists the full set last
+        else:
+            s = self.subsets[int(torch.randint(len(self.subsets), (1,), generator=self.gen))]
         self.drawn[",".join(self.names[i] for i in s)] += 1
         return s
 
@@ -159,7 +164,7 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     val_feats = _features(val_rows, tok, first) if val_rows else None
     # no checkpoints: transformers' resume loads one adapter only; unused members' parameters get no gradient under DDP
     args = training_arguments(first, out_dir, device, bool(val_feats), save_strategy="no", ddp_find_unused_parameters=True)
-    targets = SubsetTargets(names, first.seed)
+    targets = SubsetTargets(names, first.seed, cfg.full_stack_share)
     trainer = ORPOTrainer(
         model=model, args=args, train_dataset=as_dataset(train_feats),
         eval_dataset=as_dataset(val_feats) if val_feats else None, data_collator=collate(tok.pad_token_id),
