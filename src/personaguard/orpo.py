@@ -127,15 +127,19 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
                      first_weight: float = 1.0) -> torch.Tensor:
-    """Mean log-prob of each reply's tokens; only the scored rows go through log_softmax."""
-    rows = torch.gather(logits, 1, src[..., None].expand(-1, -1, logits.shape[-1]))
-    return _masked_mean_logp(rows, tgt, mask, first_weight)
+    """Mean log-prob of each reply's tokens from full-sequence logits (the two-sequence reference
+    computation the packed one is tested against); only the scored rows go through log_softmax."""
+    return _mean_logp(torch.log_softmax(_at(logits, src).float(), dim=-1), tgt, mask, first_weight)
 
 
-def _masked_mean_logp(rows: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
-    """Weighted mean token log-prob of each reply; the first reply token counts `first_weight` times."""
-    logp = torch.log_softmax(rows.float(), dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
-    return _weighted_mean(logp, mask, first_weight)
+def _at(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """The rows of `x` [B, L, D] at the positions `src` [B, n] -> [B, n, D]."""
+    return torch.gather(x, 1, src[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _mean_logp(logp: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean token log-prob of each reply from its rows' log-probs; the first token counts `first_weight` times."""
+    return _weighted_mean(logp.gather(-1, tgt[..., None]).squeeze(-1), mask, first_weight)
 
 
 def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
@@ -147,10 +151,8 @@ def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, first_weight: float
     return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
-def anchor_kl(rows: torch.Tensor, base_rows: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
-    """Per-row weighted mean over reply positions of KL(base || adapter) between next-token distributions."""
-    logp = torch.log_softmax(rows.float(), dim=-1)
-    base_logp = torch.log_softmax(base_rows.float(), dim=-1)
+def anchor_kl(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+    """Per-row weighted mean over reply positions of KL(base || adapter), from both models' log-probs."""
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
     return _weighted_mean(kl, mask, first_weight)
 
@@ -172,10 +174,10 @@ def _scored_rows(model, kwargs: dict, srcs: list[torch.Tensor]) -> list[torch.Te
     split = _split_model(model)
     if split is None:
         logits = model(**kwargs).logits
-        return [torch.gather(logits, 1, s[..., None].expand(-1, -1, logits.shape[-1])) for s in srcs]
+        return [_at(logits, s) for s in srcs]
     decoder, head = split
     hidden = decoder(**kwargs).last_hidden_state
-    return [head(torch.gather(hidden, 1, s[..., None].expand(-1, -1, hidden.shape[-1]))) for s in srcs]
+    return [head(_at(hidden, s)) for s in srcs]
 
 
 def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0,
@@ -198,8 +200,9 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
         use_cache=False,
     )
     c_rows, r_rows = _scored_rows(model, kwargs, [batch["c_src"], batch["r_src"]])
-    chosen = _masked_mean_logp(c_rows, batch["c_tgt"], batch["c_mask"], first_weight)
-    rejected = _masked_mean_logp(r_rows, batch["r_tgt"], batch["r_mask"], first_weight)
+    c_logp = torch.log_softmax(c_rows.float(), dim=-1)  # once: the anchor reuses it
+    chosen = _mean_logp(c_logp, batch["c_tgt"], batch["c_mask"], first_weight)
+    rejected = _mean_logp(torch.log_softmax(r_rows.float(), dim=-1), batch["r_tgt"], batch["r_mask"], first_weight)
     swap = batch.get("swap")
     if swap is not None and bool(swap.any()):  # joint training: rows whose guardrail is switched off prefer the untagged reply
         chosen, rejected = torch.where(swap, rejected, chosen), torch.where(swap, chosen, rejected)
@@ -209,12 +212,11 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     sub = {k: (v[neutral] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     with torch.no_grad(), model.disable_adapter():
         (base_rows,) = _scored_rows(model, sub, [batch["c_src"][neutral]])
-    rows = c_rows[neutral]
-    kl = anchor_kl(rows, base_rows, batch["c_mask"][neutral], first_weight)
+    logp, base_logp = c_logp[neutral], torch.log_softmax(base_rows.float(), dim=-1)
+    kl = anchor_kl(logp, base_logp, batch["c_mask"][neutral], first_weight)
     # the first reply position predicts both replies' first token; a neutral row's rejected reply starts with the tag
     unwanted = batch["r_tgt"][neutral, :1]
-    shift = (torch.log_softmax(rows[:, 0].float(), -1).gather(-1, unwanted)
-             - torch.log_softmax(base_rows[:, 0].float(), -1).gather(-1, unwanted)).squeeze(-1)
+    shift = (logp[:, 0].gather(-1, unwanted) - base_logp[:, 0].gather(-1, unwanted)).squeeze(-1)
     anchor = torch.zeros_like(chosen, dtype=torch.float32)
     anchor[neutral] = kl + tag_anchor_weight * F.huber_loss(shift, torch.zeros_like(shift), reduction="none", delta=1.0)
     parts = orpo_loss(chosen, rejected, lam, anchor, neutral, anchor_weight)
