@@ -241,12 +241,23 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, with_eval: 
     ), **overrides})
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
+def lora_for_training(cfg: TrainConfig, adapter_name: str = "default"):
+    """(PEFT model with a fresh LoRA adapter `adapter_name`, tokenizer, device) for `cfg`, seeded."""
     from transformers import set_seed
 
     from .models import LoadOptions, load_model, pick_device
 
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return _lora_model(model, cfg, adapter_name), tok, device
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
     guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
     data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
     train_rows = read_jsonl(data_dir / "train.jsonl", Example)
@@ -262,13 +273,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         (out_dir / "metrics.csv").unlink(missing_ok=True)
 
     ORPOTrainer, MetricsCSV, collate, torch = _make_trainer_classes()
-    set_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _lora_model(model, cfg)
+    model, tok, device = lora_for_training(cfg)
     if cfg.frozen_adapters:
         _add_frozen(model, cfg.frozen_adapters)
 

@@ -41,10 +41,10 @@ from .schema import NONE_LABEL, Example, read_jsonl, write_text_atomic
 from .train import (
     TrainResult,
     _lora_config,
-    _lora_model,
     _make_trainer_classes,
     as_dataset,
     calibrate_gate,
+    lora_for_training,
     tokenize_examples,
     training_arguments,
 )
@@ -130,10 +130,6 @@ def _save_member(model, name: str, out_dir: Path) -> None:
 
 def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     """Train all members of `cfg` together; returns one TrainResult per member (the same steps and time)."""
-    from transformers import set_seed
-
-    from .models import LoadOptions, load_model, pick_device
-
     members = cfg.member_configs(source)
     first = members[0]
     guardrails = [get_guardrail(m.guardrail, [m.guardrails_dir] if m.guardrails_dir else None) for m in members]
@@ -149,13 +145,7 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     (out_dir / "metrics.csv").unlink(missing_ok=True)
 
     ORPOTrainer, MetricsCSV, collate, _ = _make_trainer_classes()
-    set_seed(first.seed)
-    device = pick_device(first.device)
-    model, tok = load_model(first.model, LoadOptions(first.device, first.precision, first.load_in_4bit))
-    model.config.use_cache = False
-    if first.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _lora_model(model, first, names[0])
+    model, tok, device = lora_for_training(first, names[0])
     for n in names[1:]:
         model.add_adapter(n, _lora_config(model.get_base_model(), first))
     model.base_model.set_adapter(names)  # every member trainable when the optimiser collects its parameters
