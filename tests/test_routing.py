@@ -130,6 +130,29 @@ def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(s
     assert joint_thresholds(model, tok, {"politics": pol}, snaps[2:], 128, TAG) == {pol: None}  # no positives: greedy
 
 
+def test_stack_gate_calibrates_the_sum_on_every_members_triggers_against_neutral_items(stack):
+    from personaguard.inference import guard_scores
+    from personaguard.metrics import gate_threshold
+    from personaguard.prompt import prompt_ids
+    from personaguard.routing import stack_gate
+    from personaguard.schema import Snapshot
+    from personaguard.stack import use_adapters
+
+    model, tok, names, _, _ = stack
+    snaps = [Snapshot(id="p0", message="Who gets your vote?", label="politics"),
+             Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
+             Snapshot(id="n0", message="I baked bread", label="none"),
+             Snapshot(id="n1", message="The gym was packed today", label="none")]
+    thr = stack_gate(model, tok, names, snaps, 128, TAG, batch_size=4)
+    with use_adapters(model, names):  # the summed stack's scores, not any member's alone
+        summed, _ = guard_scores(model, tok, [prompt_ids(tok, s, 128) for s in snaps], TAG)
+    with use_adapters(model, names[:1]):
+        alone, _ = guard_scores(model, tok, [prompt_ids(tok, s, 128) for s in snaps], TAG)
+    assert thr == pytest.approx(gate_threshold(summed[:2], summed[2:]), rel=1e-5)
+    assert gate_threshold(alone[:2], alone[2:]) != pytest.approx(thr, rel=1e-3)
+    assert stack_gate(model, tok, names, snaps[2:], 128, TAG) is None  # nothing to calibrate on
+
+
 def test_guard_pass_first_logps_are_the_tags_first_token_log_prob(stack):
     """first_logps = log P(tag's first token | prompt), read off the same pass as the (whole-tag) score."""
     import math

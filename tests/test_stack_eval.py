@@ -134,3 +134,36 @@ def test_routed_joint_recalibrates_every_member_on_the_pooled_validation_splits(
         assert r["tagged"] == bool(fires) and (r["route"] is None) == (not fires)
     with pytest.raises(PersonaguardError, match="validation.jsonl: missing; routed_joint needs"):
         stack_eval.run(cfg.model_copy(update={"val_data": {}, "out_dir": str(tmp_path / "j2")}))
+
+
+def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(setup, tmp_path):
+    from personaguard import stack_eval
+
+    val = {"politics": _snaps("politics", ["Which party should win?"], ["My cat sleeps all day", "The mayor's dog was on TV"]),
+           "meeting": _snaps("meeting", ["Let's grab dinner on Friday"], ["Met my sister at the cafe"])}
+    for g, rows in val.items():
+        write_jsonl_atomic(Path(setup.test_data[g]).with_name(f"gval_{g}.jsonl"), [r.model_copy(update={"id": f"val-{r.id}"}) for r in rows])
+    cfg = setup.model_copy(update={"methods": ["dynamic_gated", "dynamic"], "double_trigger": False, "out_dir": str(tmp_path / "g"),
+                                   "val_data": {g: str(Path(setup.test_data[g]).with_name(f"gval_{g}.jsonl")) for g in val}})
+    res = stack_eval.run(cfg)
+    assert list(res.table["politics"]) == ["none", "single", "dynamic", "dynamic_gated"]  # gated re-decides dynamic's replies
+    thr = json.loads((res.out_dir / "stack_metrics.json").read_text())["meta"]["thresholds"]["dynamic_gated"]
+    by = {}
+    for x in (res.out_dir / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(x)
+        by.setdefault(r["setting"], {})[r["id"]] = r
+    tagged = []
+    for i, r in by["dynamic_gated"].items():
+        assert r["guard_score"] == by["dynamic"][i]["guard_score"]
+        assert r["tagged"] == (r["guard_score"] >= thr)
+        if r["tagged"] == by["dynamic"][i]["tagged"]:
+            assert r["reply"] == by["dynamic"][i]["reply"]  # only disagreements are generated again
+        tagged.append(r["tagged"])
+    assert any(tagged) and not all(tagged)  # the threshold falls inside the test scores: both decisions are checked
+    with pytest.raises(PersonaguardError, match="validation.jsonl: missing; dynamic_gated needs"):
+        stack_eval.run(cfg.model_copy(update={"val_data": {}, "out_dir": str(tmp_path / "g2")}))
+    only_neutral = {g: str(tmp_path / f"n_{g}.jsonl") for g in val}
+    for g, rows in val.items():
+        write_jsonl_atomic(only_neutral[g], [r.model_copy(update={"id": f"n-{r.id}"}) for r in rows if r.label == "none"])
+    with pytest.raises(PersonaguardError, match="no triggering item"):
+        stack_eval.run(cfg.model_copy(update={"val_data": only_neutral, "out_dir": str(tmp_path / "g3")}))

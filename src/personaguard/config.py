@@ -219,7 +219,7 @@ class EvaluateConfig(_Strict):
         return self
 
 
-StackMethod = Literal["dynamic", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+StackMethod = Literal["dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
 
 
 class StackEvalConfig(_Strict):
@@ -229,13 +229,14 @@ class StackEvalConfig(_Strict):
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     methods: list[StackMethod] = Field(
-        ["dynamic", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
-        description="dynamic = all adapters active at once (exact sum, no merge); routed = each member decides alone "
+        ["dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
+        description="dynamic = all adapters active at once (exact sum, no merge); dynamic_gated = the same, the tag decided "
+        "by the sum's guard score against one threshold calibrated on all members' validation splits pooled; routed = each member decides alone "
         "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
         "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (routing.py); "
         "others = personaguard merge --method.")
     val_data: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint (default: validation.jsonl "
+        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint and dynamic_gated (default: validation.jsonl "
         "beside each test file, as `generate` writes them).")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")

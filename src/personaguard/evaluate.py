@@ -108,15 +108,16 @@ def load_gate(cfg: EvaluateConfig) -> float | None:
     return read_gate(cfg.adapter) if cfg.adapter else None
 
 
-def gate_rows(raw: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, threshold: float) -> list[dict]:
-    """The adapter's replies under guard-gated decoding (only disagreeing items are generated again)."""
+def gate_rows(raw: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, threshold: float,
+              setting: str = "adapter_gated") -> list[dict]:
+    """The active adapters' replies under guard-gated decoding (only disagreeing items are generated again)."""
     from .inference import gated_replies
     from .prompt import prompt_ids
 
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
     replies = gated_replies(model, tok, prompts, [r["guard_score"] for r in raw], threshold, guardrail.tag,
                             [r["reply"] for r in raw], cfg.max_new_tokens, cfg.batch_size)
-    return [{**r, "setting": "adapter_gated", "reply": rep, "tagged": starts_with_tag(rep, guardrail.tag)}
+    return [{**r, "setting": setting, "reply": rep, "tagged": starts_with_tag(rep, guardrail.tag)}
             for r, rep in zip(raw, replies)]
 
 

@@ -25,6 +25,12 @@ each member alone tagged 90+ % of. Routing keeps every member's own decision ins
 So a stack tags what any member alone would tag (by construction), and its false tags are the union
 of the members' false tags. The cost is one extra prompt pass per member (the guard passes), not a
 second model and not a regenerated reply.
+
+`stack_gate` is the gate of the summed (dynamic) stack itself: one threshold on the guard score with
+all members active, calibrated on all members' validation splits pooled. Jointly trained members
+(train_joint.py) sum well, but the sum's own greedy decision drifts from the singles' operating point
+(it tags more, or fewer, triggers and neutral turns than each member alone); the calibrated threshold
+puts the stack back at one chosen point without a guard pass per member.
 """
 
 from __future__ import annotations
@@ -88,6 +94,23 @@ def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float 
     """One member's stack threshold from its guard scores on pooled items: own triggers vs all neutral ones."""
     own = [x for x, lab in zip(scores, labels) if lab == guardrail]
     return gate_threshold(own, [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]) if own else None
+
+
+def stack_gate(
+    model, tokenizer, names: list[str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
+) -> float | None:
+    """Threshold for the guard score of the adapters `names` active together (their exact sum).
+
+    `snaps` are the members' validation splits pooled: every member's triggering items are positives
+    (the stack must tag them all) and the neutral items negatives; same rule as a single adapter's
+    gate (metrics.gate_threshold). None when the pooled splits hold no triggering item."""
+    from .prompt import prompt_ids
+
+    prompts = [prompt_ids(tokenizer, s, max_prompt_tokens) for s in snaps]
+    with use_adapters(model, names):
+        scores = guard_pass(model, tokenizer, prompts, tag, batch_size).scores
+    pos = [x for x, s in zip(scores, snaps) if s.label != NONE_LABEL]
+    return gate_threshold(pos, [x for x, s in zip(scores, snaps) if s.label == NONE_LABEL]) if pos else None
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:

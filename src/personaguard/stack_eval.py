@@ -12,6 +12,10 @@ all members (the shared neutral set) and a small packaged set of double-trigger 
 political rally). All adapters and merged stacks sit on ONE base model and are switched with
 `stack.activate`, so the base loads once and each setting costs only its generation.
 
+`dynamic_gated` is the dynamic stack with its tag decided by one threshold on the stack's own guard
+score, calibrated on all members' validation splits pooled (routing.stack_gate); it re-decides the
+dynamic stack's replies, so only the items where the two disagree are generated again.
+
 Per guardrail g the metrics are those of a single adapter (tag rate on g's items, false tag rate on
 neutral items, AUROC...) computed over g's items plus the neutral ones; the table puts no adapter /
 single / dynamic / each merge side by side (the paper's Table 2 shape). Each single adapter's tag rate
@@ -34,7 +38,7 @@ from .guardrails import get_guardrail
 from .metrics import detection_metrics, fmt, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
-RUNTIME_METHODS = ("dynamic", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
+RUNTIME_METHODS = ("dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -79,13 +83,13 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
     return items
 
 
-def validation_items(cfg: StackEvalConfig) -> list[Snapshot]:
-    """The members' validation splits pooled (routed_joint calibrates every member on all of them)."""
+def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
+    """The members' validation splits pooled (routed_joint and dynamic_gated calibrate on all of them)."""
     items = []
     for g, test in cfg.test_data.items():
         path = Path(cfg.val_data.get(g) or Path(test).with_name("validation.jsonl"))
         if not path.is_file():
-            raise PersonaguardError(f"{path}: missing; routed_joint needs each member's validation split "
+            raise PersonaguardError(f"{path}: missing; {method} needs each member's validation split "
                                     f"(set val_data.{g}, or keep the validation.jsonl that generate writes beside test.jsonl)")
         items += read_jsonl(path, Snapshot, allowed_labels=set(cfg.adapters) | {NONE_LABEL})
     return items
@@ -116,9 +120,9 @@ def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
 
 
 def run(cfg: StackEvalConfig) -> StackEvalResult:
-    from .evaluate import predict
+    from .evaluate import gate_rows, predict
     from .models import LoadOptions, load_model
-    from .routing import gate_thresholds, joint_thresholds
+    from .routing import gate_thresholds, joint_thresholds, stack_gate
     from .stack import activate, load_stack
 
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
@@ -148,26 +152,39 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     n_m = len(dirs) + len(merged_dirs)
     member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):n_m]))
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
-    settings += [(m, member_names if m in RUNTIME_METHODS else [merged_names[m]]) for m in cfg.methods]
+    # dynamic_gated re-decides the dynamic stack's replies, so it comes after them
+    methods = sorted(cfg.methods, key=lambda m: m == "dynamic_gated")
+    settings += [(m, member_names if m in RUNTIME_METHODS else [merged_names[m]]) for m in methods]
     thresholds = {"routed": {n: None for n in member_names}}
     if "routed_gated" in cfg.methods:
         thresholds["routed_gated"] = dict(zip(member_names, gate_thresholds(dirs)))
     first = next(iter(members.values()))  # the guard score is the tag's probability: the same for every member
     tag = first.tag
     if "routed_joint" in cfg.methods:
-        thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg),
+        thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg, "routed_joint"),
                                                       cfg.max_prompt_tokens, tag, cfg.batch_size)
+    stack_thr = None
+    if "dynamic_gated" in cfg.methods:
+        stack_thr = stack_gate(model, tok, member_names, validation_items(cfg, "dynamic_gated"), cfg.max_prompt_tokens, tag, cfg.batch_size)
+        if stack_thr is None:
+            raise PersonaguardError("dynamic_gated: the members' validation splits hold no triggering item to calibrate the stack's gate on")
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
 
     ecfg = EvaluateConfig(model=cfg.model, data=str(out), out_dir=str(out), settings=["none"], max_new_tokens=cfg.max_new_tokens,
                           batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
-    preds, table, dt = [], {g: {} for g in members}, {}
+    preds, table, dt, summed = [], {g: {} for g in members}, {}, None
     for setting, active in tqdm(settings, desc="stack settings", unit="setting"):
         activate(model, active)
-        rows = (routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting) if setting in thresholds
-                else predict(model, tok, every, ecfg, first, setting))
+        if setting in thresholds:
+            rows = routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting)
+        elif setting == "dynamic_gated":
+            rows = gate_rows(summed or predict(model, tok, every, ecfg, first, setting), model, tok, every, ecfg, first, stack_thr, setting)
+        else:
+            rows = predict(model, tok, every, ecfg, first, setting)
+        if setting == "dynamic":
+            summed = rows
         for r, s in zip(rows, every):
             if s.id.startswith("double-"):
                 r["labels"] = (s.model_extra or {}).get("labels")
@@ -184,6 +201,8 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     write_jsonl_atomic(out / "predictions.jsonl", preds)
     meta = {"model": cfg.model, "adapters": cfg.adapters, "methods": cfg.methods, "n_items": len(items), "n_double": len(double),
             "thresholds": {m: {g: thr[n] for g, n in zip(members, member_names)} for m, thr in thresholds.items()}}
+    if stack_thr is not None:
+        meta["thresholds"]["dynamic_gated"] = stack_thr  # one threshold: the summed stack's own guard score
     result = {"meta": meta, "table": table, "double_trigger": dt,
               "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
