@@ -167,3 +167,21 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
         write_jsonl_atomic(only_neutral[g], [r.model_copy(update={"id": f"n-{r.id}"}) for r in rows if r.label == "none"])
     with pytest.raises(PersonaguardError, match="no triggering item"):
         stack_eval.run(cfg.model_copy(update={"val_data": only_neutral, "out_dir": str(tmp_path / "g3")}))
+
+
+def test_a_neutral_snapshot_in_several_members_test_files_counts_once(tmp_path):
+    from personaguard.stack_eval import shared_items
+
+    same = Snapshot(id="x", message="I baked bread", label="none", persona={"name": "Ada"})
+    files = {}
+    for g in ("politics", "meeting"):
+        rows = [same.model_copy(update={"id": f"{g}-n0"}),  # the same turn, another id
+                Snapshot(id=f"{g}-n1", message=f"only in {g}", label="none"),
+                Snapshot(id=f"{g}-t0", message="Who gets your vote?", label=g)]
+        write_jsonl_atomic(tmp_path / f"{g}.jsonl", rows)
+        files[g] = str(tmp_path / f"{g}.jsonl")
+    items = shared_items(files, {"politics", "meeting", "none"}, 0)
+    assert [s.id for s in items] == ["politics-t0", "politics-n0", "politics-n1", "meeting-t0", "meeting-n1"]
+    other = same.model_copy(update={"id": "meeting-n0", "persona": {"name": "Bo"}})  # another persona: another turn
+    write_jsonl_atomic(tmp_path / "meeting.jsonl", [other])
+    assert [s.id for s in shared_items(files, {"politics", "meeting", "none"}, 0)][-1] == "meeting-n0"

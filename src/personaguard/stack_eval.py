@@ -67,16 +67,25 @@ def double_trigger_items(seed: int = 0) -> list[Snapshot]:
     ]
 
 
+def _content(s: Snapshot) -> str:
+    return json.dumps(s.model_dump(include={"persona", "memories", "history", "message"}), sort_keys=True)
+
+
 def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int) -> list[Snapshot]:
-    """Each member's triggering items plus its neutral items (up to `per_guardrail` of each, 0 = all)."""
-    items = []
+    """Each member's triggering items plus its neutral items (up to `per_guardrail` of each, 0 = all).
+
+    A neutral snapshot found in several members' files is kept once: the offline generator draws
+    example i of every guardrail from the same stream, so plain neutral turns repeat across the
+    members' test splits, and counting each copy would weigh one false tag three times."""
+    items, seen = [], set()
     for g, path in test_data.items():
         rows = read_jsonl(path, Snapshot, allowed_labels=labels)
         trig = [r for r in rows if r.label == g]
         neu = [r for r in rows if r.label == NONE_LABEL]
         if per_guardrail:
             trig, neu = trig[:per_guardrail], neu[:per_guardrail]
-        items += trig + neu
+        items += trig + [r for r in neu if _content(r) not in seen]
+        seen |= {_content(r) for r in neu}
     ids = [s.id for s in items]
     if len(set(ids)) != len(ids):
         raise PersonaguardError("stack evaluation: the members' test files share item ids; give each its own generated test split")
