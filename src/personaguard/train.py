@@ -297,11 +297,18 @@ def run(cfg: TrainConfig) -> TrainResult:
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
     seconds = time.perf_counter() - t0
     trainer.model.save_pretrained(out_dir, selected_adapters=["default"])  # never the frozen stack members
+    finish_adapter(trainer.model, tok, cfg, guardrail, out_dir, val_rows,
+                   {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
+                    "train_examples": len(train_feats), "device": device})
+    return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
+
+
+def finish_adapter(model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_rows: list[Example], summary: dict) -> float | None:
+    """Everything an adapter folder holds besides its weights: tokenizer, config, guardrail, the gate
+    calibrated with the model's active adapters, and train_result.json (`summary` + the gate)."""
     tok.save_pretrained(out_dir)
     write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
-    threshold = calibrate_gate(trainer.model, tok, val_rows, guardrail, cfg, out_dir) if val_rows else None
-    summary = {"steps": result.global_step, "guard_threshold": threshold, "seconds": round(seconds, 1), "train_loss": result.training_loss,
-               "train_examples": len(train_feats), "device": device}
-    write_text_atomic(out_dir / "train_result.json", json.dumps(summary, indent=2))
-    return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
+    threshold = calibrate_gate(model, tok, val_rows, guardrail, cfg, out_dir) if val_rows else None
+    write_text_atomic(out_dir / "train_result.json", json.dumps({**summary, "guard_threshold": threshold}, indent=2))
+    return threshold

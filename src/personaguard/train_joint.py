@@ -43,7 +43,7 @@ from .train import (
     _lora_config,
     _make_trainer_classes,
     as_dataset,
-    calibrate_gate,
+    finish_adapter,
     lora_for_training,
     tokenize_examples,
     training_arguments,
@@ -170,19 +170,14 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     for m, g, rows in zip(members, guardrails, val_by_member):
         adapter = Path(m.out_dir)
         _save_member(trainer.model, g.name, adapter)
-        tok.save_pretrained(adapter)
-        write_text_atomic(adapter / "config.yaml", dump_yaml(m))
-        write_text_atomic(adapter / "guardrail.yaml", dump_yaml(g))
         write_text_atomic(adapter / "joint.json", json.dumps(
             {"joint_run": str(out_dir), "members": dict(zip(names, (x.out_dir for x in members)))}, indent=2))
         if (out_dir / "metrics.csv").is_file():
             shutil.copy2(out_dir / "metrics.csv", adapter / "metrics.csv")
         trainer.model.base_model.set_adapter([g.name])  # the gate is the member's alone, as routed stacks use it
-        threshold = calibrate_gate(trainer.model, tok, [r for r, _ in rows], g, m, adapter) if rows else None
-        write_text_atomic(adapter / "train_result.json", json.dumps(
-            {"steps": result.global_step, "guard_threshold": threshold, "seconds": round(seconds, 1),
-             "train_loss": result.training_loss, "train_examples": len(train_feats), "device": device,
-             "joint_run": str(out_dir)}, indent=2))
+        finish_adapter(trainer.model, tok, m, g, adapter, [r for r, _ in rows],
+                       {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
+                        "train_examples": len(train_feats), "device": device, "joint_run": str(out_dir)})
         results.append(TrainResult(adapter, result.global_step, seconds, result.training_loss))
     write_text_atomic(out_dir / "train_result.json", json.dumps(
         {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
