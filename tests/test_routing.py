@@ -130,27 +130,49 @@ def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(s
     assert joint_thresholds(model, tok, {"politics": pol}, snaps[2:], 128, TAG) == {pol: None}  # no positives: greedy
 
 
-def test_stack_gate_calibrates_the_sum_on_every_members_triggers_against_neutral_items(stack):
-    from personaguard.inference import guard_scores
+def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it_against_each_member(stack):
+    from personaguard.inference import guard_pass
     from personaguard.metrics import gate_threshold
     from personaguard.prompt import prompt_ids
-    from personaguard.routing import stack_gate
+    from personaguard.routing import stack_calibration
     from personaguard.schema import Snapshot
     from personaguard.stack import use_adapters
 
     model, tok, names, _, _ = stack
+    pol, meet = names
     snaps = [Snapshot(id="p0", message="Who gets your vote?", label="politics"),
              Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
              Snapshot(id="n0", message="I baked bread", label="none"),
              Snapshot(id="n1", message="The gym was packed today", label="none")]
-    thr = stack_gate(model, tok, names, snaps, 128, TAG, batch_size=4)
+    cal = stack_calibration(model, tok, {"politics": pol, "meeting": meet}, snaps, 128, TAG, batch_size=4)
+    prompts = [prompt_ids(tok, s, 128) for s in snaps]
     with use_adapters(model, names):  # the summed stack's scores, not any member's alone
-        summed, _ = guard_scores(model, tok, [prompt_ids(tok, s, 128) for s in snaps], TAG)
-    with use_adapters(model, names[:1]):
-        alone, _ = guard_scores(model, tok, [prompt_ids(tok, s, 128) for s in snaps], TAG)
-    assert thr == pytest.approx(gate_threshold(summed[:2], summed[2:]), rel=1e-5)
-    assert gate_threshold(alone[:2], alone[2:]) != pytest.approx(thr, rel=1e-3)
-    assert stack_gate(model, tok, names, snaps[2:], 128, TAG) is None  # nothing to calibrate on
+        summed = guard_pass(model, tok, prompts, TAG)
+    with use_adapters(model, [pol]):
+        alone = guard_pass(model, tok, prompts, TAG)
+    assert cal.threshold == pytest.approx(gate_threshold(summed.scores[:2], summed.scores[2:]), rel=1e-5)
+    assert gate_threshold(alone.scores[:2], alone.scores[2:]) != pytest.approx(cal.threshold, rel=1e-3)
+    # the check: politics alone (greedy) on its own trigger and the neutral items, the sum greedy and gated
+    v = cal.validation["politics"]
+    assert v["single"] == {"tag_rate": float(alone.greedy[0]), "false_tag_rate": (alone.greedy[2] + alone.greedy[3]) / 2}
+    assert v["dynamic"] == {"tag_rate": float(summed.greedy[0]), "false_tag_rate": (summed.greedy[2] + summed.greedy[3]) / 2}
+    gated = [x >= cal.threshold for x in summed.scores]
+    assert v["dynamic_gated"] == {"tag_rate": float(gated[0]), "false_tag_rate": (gated[2] + gated[3]) / 2}
+    assert stack_calibration(model, tok, {"politics": pol, "meeting": meet}, snaps[2:], 128, TAG).threshold is None
+
+
+def test_a_stack_that_loses_a_members_tags_or_adds_false_tags_is_flagged():
+    from personaguard.routing import StackCalibration
+
+    def cal(tag, false):
+        return StackCalibration(0.5, {"meeting": {"single": {"tag_rate": 0.9, "false_tag_rate": 0.05},
+                                                  "dynamic": {"tag_rate": 0.9, "false_tag_rate": 0.05},
+                                                  "dynamic_gated": {"tag_rate": tag, "false_tag_rate": false}}})
+
+    assert cal(0.9 * 0.95, 0.10).misses() == []  # exactly at the target: kept 0.95, +0.05
+    (line,) = cal(0.8, 0.05).misses()
+    assert "keeps 0.889 of meeting's tags at +0.000" in line
+    assert cal(0.9, 0.11).misses() != [] and cal(0.9, 0.11).misses("dynamic") == []
 
 
 def test_guard_pass_first_logps_are_the_tags_first_token_log_prob(stack):

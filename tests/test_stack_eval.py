@@ -147,7 +147,16 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
                                    "val_data": {g: str(Path(setup.test_data[g]).with_name(f"gval_{g}.jsonl")) for g in val}})
     res = stack_eval.run(cfg)
     assert list(res.table["politics"]) == ["none", "single", "dynamic", "dynamic_gated"]  # gated re-decides dynamic's replies
-    thr = json.loads((res.out_dir / "stack_metrics.json").read_text())["meta"]["thresholds"]["dynamic_gated"]
+    metrics = json.loads((res.out_dir / "stack_metrics.json").read_text())
+    thr = metrics["meta"]["thresholds"]["dynamic_gated"]
+    # the calibration check: each member alone, the sum and the gated sum on the pooled validation splits
+    rates = metrics["validation"]["rates"]
+    assert set(rates) == {"politics", "meeting"} and set(rates["meeting"]) == {"single", "dynamic", "dynamic_gated"}
+    assert rates["politics"]["single"]["tag_rate"] in (0.0, 1.0)  # one politics trigger in its validation split
+    assert rates["politics"]["single"]["false_tag_rate"] in (0.0, 1 / 3, 2 / 3, 1.0)  # three neutral items pooled
+    md = (res.out_dir / "stack_table.md").read_text()
+    assert "On the members' pooled validation splits" in md
+    assert ("**Warning:** dynamic_gated keeps" in md) == bool(metrics["validation"]["misses"])
     by = {}
     for x in (res.out_dir / "predictions.jsonl").read_text().splitlines():
         r = json.loads(x)

@@ -26,11 +26,11 @@ So a stack tags what any member alone would tag (by construction), and its false
 of the members' false tags. The cost is one extra prompt pass per member (the guard passes), not a
 second model and not a regenerated reply.
 
-`stack_gate` is the gate of the summed (dynamic) stack itself: one threshold on the guard score with
-all members active, calibrated on all members' validation splits pooled. Jointly trained members
+`stack_calibration` is the gate of the summed (dynamic) stack itself: one threshold on the guard score
+with all members active, calibrated on all members' validation splits pooled. Jointly trained members
 (train_joint.py) sum well, but the sum's own greedy decision drifts from the singles' operating point
 (it tags more, or fewer, triggers and neutral turns than each member alone); the calibrated threshold
-puts the stack back at one chosen point without a guard pass per member.
+puts the stack back at one chosen point without a guard pass per member at request time.
 """
 
 from __future__ import annotations
@@ -96,21 +96,62 @@ def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float 
     return gate_threshold(own, [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]) if own else None
 
 
-def stack_gate(
-    model, tokenizer, names: list[str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
-) -> float | None:
-    """Threshold for the guard score of the adapters `names` active together (their exact sum).
+TARGET_KEEP, TARGET_FALSE = 0.95, 0.05  # a stack should keep >= 95 % of each member's own tags at <= +0.05 false tags
+
+
+@dataclass
+class StackCalibration:
+    threshold: float | None  # the summed stack's gate; None when the pooled splits hold no triggering item
+    # guardrail -> "single" / "dynamic" / "dynamic_gated" -> {"tag_rate", "false_tag_rate"} on the pooled splits
+    validation: dict[str, dict[str, dict[str, float | None]]]
+
+    def misses(self, setting: str = "dynamic_gated") -> list[str]:
+        """One line per member for which `setting` misses the target on the calibration items."""
+        out = []
+        for g, per in self.validation.items():
+            single, stacked = per["single"], per[setting]
+            if None in (single["tag_rate"], stacked["tag_rate"], single["false_tag_rate"], stacked["false_tag_rate"]):
+                continue
+            keep = stacked["tag_rate"] / single["tag_rate"] if single["tag_rate"] else 1.0
+            extra = stacked["false_tag_rate"] - single["false_tag_rate"]
+            if keep < TARGET_KEEP - 1e-9 or extra > TARGET_FALSE + 1e-9:  # exactly at the edge counts as met
+                out.append(f"{setting} keeps {keep:.3f} of {g}'s tags at {extra:+.3f} false tags on the validation splits "
+                           f"(target >= {TARGET_KEEP} at <= +{TARGET_FALSE})")
+        return out
+
+
+def stack_calibration(
+    model, tokenizer, members: dict[str, str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
+) -> StackCalibration:
+    """The gate of the adapters in `members` (guardrail -> adapter name) active together, and a check of it.
 
     `snaps` are the members' validation splits pooled: every member's triggering items are positives
     (the stack must tag them all) and the neutral items negatives; same rule as a single adapter's
-    gate (metrics.gate_threshold). None when the pooled splits hold no triggering item."""
+    gate (metrics.gate_threshold). The check puts each member alone (greedy), the plain sum (greedy)
+    and the gated sum side by side on the same items, so a stack that loses one member's triggers
+    (the sum of jointly trained members sometimes pulls one member's tags far down, docs/benchmarks.md)
+    is visible before its test figures, from the data it was calibrated on. Costs one guard pass per member."""
     from .prompt import prompt_ids
 
     prompts = [prompt_ids(tokenizer, s, max_prompt_tokens) for s in snaps]
-    with use_adapters(model, names):
-        scores = guard_pass(model, tokenizer, prompts, tag, batch_size).scores
-    pos = [x for x, s in zip(scores, snaps) if s.label != NONE_LABEL]
-    return gate_threshold(pos, [x for x, s in zip(scores, snaps) if s.label == NONE_LABEL]) if pos else None
+    with use_adapters(model, list(members.values())):
+        summed = guard_pass(model, tokenizer, prompts, tag, batch_size)
+    labels = [s.label for s in snaps]
+    pos = [x for x, lab in zip(summed.scores, labels) if lab != NONE_LABEL]
+    thr = gate_threshold(pos, [x for x, lab in zip(summed.scores, labels) if lab == NONE_LABEL]) if pos else None
+
+    def rates(flags: list[bool], g: str) -> dict[str, float | None]:
+        own = [f for f, lab in zip(flags, labels) if lab == g]
+        neutral = [f for f, lab in zip(flags, labels) if lab == NONE_LABEL]
+        return {"tag_rate": sum(own) / len(own) if own else None, "false_tag_rate": sum(neutral) / len(neutral) if neutral else None}
+
+    gated = [thr is not None and x >= thr for x in summed.scores]
+    validation = {}
+    for g, name in members.items():
+        with use_adapters(model, [name]):
+            alone = guard_pass(model, tokenizer, prompts, tag, batch_size)
+        validation[g] = {"single": rates(alone.greedy, g), "dynamic": rates(summed.greedy, g), "dynamic_gated": rates(gated, g)}
+    return StackCalibration(thr, validation)
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:

@@ -13,8 +13,10 @@ political rally). All adapters and merged stacks sit on ONE base model and are s
 `stack.activate`, so the base loads once and each setting costs only its generation.
 
 `dynamic_gated` is the dynamic stack with its tag decided by one threshold on the stack's own guard
-score, calibrated on all members' validation splits pooled (routing.stack_gate); it re-decides the
-dynamic stack's replies, so only the items where the two disagree are generated again.
+score, calibrated on all members' validation splits pooled (routing.stack_calibration); it re-decides the
+dynamic stack's replies, so only the items where the two disagree are generated again. The table also
+puts each member alone, the sum and the gated sum side by side on those validation splits, and says
+when the gated stack misses the target there.
 
 Per guardrail g the metrics are those of a single adapter (tag rate on g's items, false tag rate on
 neutral items, AUROC...) computed over g's items plus the neutral ones; the table puts no adapter /
@@ -29,6 +31,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -37,6 +40,9 @@ from .errors import PersonaguardError
 from .guardrails import get_guardrail
 from .metrics import detection_metrics, fmt, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from .routing import StackCalibration
 
 RUNTIME_METHODS = ("dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
@@ -131,7 +137,7 @@ def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
 def run(cfg: StackEvalConfig) -> StackEvalResult:
     from .evaluate import gate_rows, predict
     from .models import LoadOptions, load_model
-    from .routing import gate_thresholds, joint_thresholds, stack_gate
+    from .routing import gate_thresholds, joint_thresholds, stack_calibration
     from .stack import activate, load_stack
 
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
@@ -172,9 +178,11 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     if "routed_joint" in cfg.methods:
         thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg, "routed_joint"),
                                                       cfg.max_prompt_tokens, tag, cfg.batch_size)
-    stack_thr = None
+    stack_thr, calibration = None, None
     if "dynamic_gated" in cfg.methods:
-        stack_thr = stack_gate(model, tok, member_names, validation_items(cfg, "dynamic_gated"), cfg.max_prompt_tokens, tag, cfg.batch_size)
+        calibration = stack_calibration(model, tok, dict(zip(members, member_names)), validation_items(cfg, "dynamic_gated"),
+                                        cfg.max_prompt_tokens, tag, cfg.batch_size)
+        stack_thr = calibration.threshold
         if stack_thr is None:
             raise PersonaguardError("dynamic_gated: the members' validation splits hold no triggering item to calibrate the stack's gate on")
     if aware:
@@ -214,10 +222,12 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
         meta["thresholds"]["dynamic_gated"] = stack_thr  # one threshold: the summed stack's own guard score
     result = {"meta": meta, "table": table, "double_trigger": dt,
               "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
+    if calibration is not None:
+        result["validation"] = {"rates": calibration.validation, "misses": calibration.misses()}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
-    write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"]))
+    write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"], calibration))
     return StackEvalResult(out, table, dt, merges)
 
 
@@ -249,7 +259,8 @@ def table_rows(table: dict[str, dict[str, dict]]) -> list[dict]:
     return [{"guardrail": g, "setting": s, **{k: m.get(k) for k in CSV_COLUMNS[2:]}} for g, per in table.items() for s, m in per.items()]
 
 
-def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict]) -> str:
+def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict],
+                   calibration: StackCalibration | None = None) -> str:
     settings = _order(table)
     lines = ["# Stacked guardrails", "",
              "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.", "",
@@ -282,7 +293,26 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
         lines += ["", "Double-trigger messages (two guardrails at once; the reply must begin with the tag):", "",
                   "| setting | n | tag rate |", "|---|---|---|"]
         lines += [f"| {s} | {d['n']} | {fmt(d['tag_rate'])} |" for s, d in double.items()]
+    if calibration is not None:
+        lines += validation_markdown(calibration)
     if merges:
         lines += ["", "| merge | rank | seconds (add_weighted_adapter) | seconds (total) |", "|---|---|---|---|"]
         lines += [f"| {m} | {i.get('rank')} | {fmt(i.get('merge_seconds'))} | {fmt(i.get('seconds'))} |" for m, i in merges.items()]
     return "\n".join(lines) + "\n"
+
+
+def validation_markdown(calibration: StackCalibration) -> list[str]:
+    """The dynamic_gated calibration check: each member alone, the sum and the gated sum on the pooled validation splits."""
+    from .routing import TARGET_FALSE, TARGET_KEEP
+
+    cols = ("single", "dynamic", "dynamic_gated")
+    lines = ["", f"On the members' pooled validation splits (what dynamic_gated's threshold {fmt(calibration.threshold)} was "
+             f"calibrated on; greedy first-token decisions), tag rate / false tag rate:", "",
+             "| guardrail | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for g, per in calibration.validation.items():
+        lines.append(f"| {g} | " + " | ".join(f"{fmt(per[c]['tag_rate'])} / {fmt(per[c]['false_tag_rate'])}" for c in cols) + " |")
+    misses = calibration.misses()
+    lines += [""] + ([f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)." for m in misses]
+                     or [f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
+                         f"at <= +{TARGET_FALSE} false tags); validation rows resemble the training data, so this is optimistic."])
+    return lines
