@@ -23,7 +23,8 @@ def starts_with_tag(reply: str, tag: str) -> bool:
     return reply.lstrip().startswith(tag)
 
 
-def _rate(flags: list[bool]) -> float | None:
+def rate(flags: list[bool]) -> float | None:
+    """Share of True flags; None for no items (a rate over nothing is not 0)."""
     return sum(flags) / len(flags) if flags else None
 
 
@@ -64,24 +65,24 @@ def detection_metrics(rows: list[dict], guardrail: str, tag: str) -> dict:
     per_label = {}
     for label in sorted({r["label"] for r in rows}):
         items = [r for r in rows if r["label"] == label]
-        per_label[label] = {"n": len(items), "tag_rate": _rate([starts_with_tag(r["reply"], tag) for r in items])}
+        per_label[label] = {"n": len(items), "tag_rate": rate([starts_with_tag(r["reply"], tag) for r in items])}
     per_group = {}
     for key in GROUP_FIELDS:
         vals = sorted({(r["label"], r[key]) for r in rows if isinstance(r.get(key), str)})
         for label, val in vals:
             items = [r for r in rows if r["label"] == label and r.get(key) == val]
             flag = (lambda r: starts_with_tag(r["reply"], tag)) if label == guardrail else (lambda r: tag in r["reply"])
-            per_group.setdefault(key, {})[f"{label}:{val}"] = {"n": len(items), "tag_rate": _rate([flag(r) for r in items])}
+            per_group.setdefault(key, {})[f"{label}:{val}"] = {"n": len(items), "tag_rate": rate([flag(r) for r in items])}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     judged = all("adheres" in r for r in pos + neu) and bool(pos + neu)
     ok = lambda r: bool(r.get("valid")) and bool(r.get("adheres"))  # noqa: E731
     return {
-        "adherence": _rate([ok(r) for r in pos]) if judged else None,
-        "neutral_preserved": _rate([ok(r) for r in neu]) if judged else None,
+        "adherence": rate([ok(r) for r in pos]) if judged else None,
+        "neutral_preserved": rate([ok(r) for r in neu]) if judged else None,
         "n_triggering": len(pos),
         "n_neutral": len(neu),
-        "tag_rate": _rate([starts_with_tag(r["reply"], tag) for r in pos]),
-        "false_tag_rate": _rate([tag in r["reply"] for r in neu]),
+        "tag_rate": rate([starts_with_tag(r["reply"], tag) for r in pos]),
+        "false_tag_rate": rate([tag in r["reply"] for r in neu]),
         "precision": precision,
         "recall": recall,
         "f1": f1,

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .errors import PersonaguardError
 from .inference import guard_pass, replies_with_tag_decided
-from .metrics import GATE_FILE, gate_threshold, read_gate
+from .metrics import GATE_FILE, gate_threshold, rate, read_gate
 from .schema import NONE_LABEL
 from .stack import use_adapters
 
@@ -141,9 +141,8 @@ def stack_calibration(
     thr = gate_threshold(pos, [x for x, lab in zip(summed.scores, labels) if lab == NONE_LABEL]) if pos else None
 
     def rates(flags: list[bool], g: str) -> dict[str, float | None]:
-        own = [f for f, lab in zip(flags, labels) if lab == g]
-        neutral = [f for f, lab in zip(flags, labels) if lab == NONE_LABEL]
-        return {"tag_rate": sum(own) / len(own) if own else None, "false_tag_rate": sum(neutral) / len(neutral) if neutral else None}
+        return {"tag_rate": rate([f for f, lab in zip(flags, labels) if lab == g]),
+                "false_tag_rate": rate([f for f, lab in zip(flags, labels) if lab == NONE_LABEL])}
 
     gated = [thr is not None and x >= thr for x in summed.scores]
     validation = {}
