@@ -16,7 +16,7 @@ from collections import Counter
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from personaguard.pools import load_pools, pool_side
+from personaguard.pools import is_test_item, load_pools
 
 
 STYLES = ["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short", "continuation", "hard"]
@@ -28,8 +28,8 @@ def distinct(texts: list[str], n: int) -> float:
 
 
 def max_sim(texts: list[str]) -> tuple[float, float, int, int]:
-    train = [t for t in texts if pool_side(t) != "test"]
-    test = [t for t in texts if pool_side(t) == "test"]
+    train = [t for t in texts if not is_test_item(t)]
+    test = [t for t in texts if is_test_item(t)]
     vec = TfidfVectorizer(ngram_range=(1, 2)).fit(train + test)
     sims = cosine_similarity(vec.transform(test), vec.transform(train)).max(axis=1)
     return float(sims.mean()), float(sims.max()), len(train), len(test)

@@ -6,7 +6,7 @@ import pytest
 
 from personaguard.errors import PersonaguardError
 from personaguard.llm_prompts import normalise_message as norm
-from personaguard.pools import SIDES, TEST_SHARE, VALIDATION_SHARE, TriggerPool, add_contrast, load_pools, pool_side
+from personaguard.pools import TriggerPool, add_contrast, load_pools
 
 STYLES = {"direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift"}
 
@@ -49,20 +49,3 @@ def test_contrast_for_an_unknown_guardrail_is_refused():
     hard: dict = {}
     add_contrast(triggers, hard, {"politics": {"pairs": [{"trigger": "t?", "neutral": "n?", "reply": "r", "style": "direct", "topic": "x"}]}})
     assert triggers["politics"].messages[0]["text"] == "t?" and hard["politics"][0]["reply"] == "r"
-
-
-def test_the_sides_partition_every_pool_and_unknown_sides_are_refused():
-    p = load_pools()
-    sides = {name: p.side(name) for name in SIDES}
-    for field in ("personas", "memories", "histories", "neutral"):
-        parts = [getattr(sides[name], field) for name in SIDES]
-        assert sum(map(len, parts)) == len(getattr(p, field)), field
-        assert all(parts), f"{field}: an empty side"
-    msgs = [m["text"] for t in p.triggers.values() for m in t.messages]
-    shares = {name: sum(pool_side(m) == name for m in msgs) / len(msgs) for name in SIDES}
-    assert abs(shares["test"] - TEST_SHARE) < 0.04 and abs(shares["validation"] - VALIDATION_SHARE) < 0.04, shares
-    # the old two-way split (test or not) is unchanged: train + validation together are the non-test items
-    both = p.side("train", "validation")
-    assert {x["text"] for x in both.neutral} == {x["text"] for x in p.neutral} - {x["text"] for x in sides["test"].neutral}
-    with pytest.raises(ValueError, match="pool sides are train, validation, test; got dev"):
-        p.side("dev")

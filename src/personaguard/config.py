@@ -48,11 +48,6 @@ class GenerateConfig(_Strict):
         "neutral for every guardrail), so stacked adapters do not fire on each other's near-misses.")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
-    validation_items: Literal["train", "held_out"] = Field(
-        "train", description="Pool items the validation split is built from (offline backend; with an LLM only the fixed "
-        "variations' persona and history): `train` = the training items (validation then scores messages the adapter "
-        "trained on); `held_out` = a third side of the pools that neither train nor test uses, so early stopping, the "
-        "gate threshold and a stack's calibration see unseen messages as the test split does (training keeps 7/8 of its items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")
     out_dir: str = Field("runs/data", description="Output folder; files go to {out_dir}/{guardrail}_{variation}/.")
     # backend 'openai' only; the fields below do not affect the offline backend

@@ -8,8 +8,7 @@ Writes `{out_dir}/{guardrail}_{variation}/examples.jsonl` one fsync'd line at a 
 resumes where it stopped: every example has a fixed id (split, i), completed ids are skipped, so
 nothing repeats), then `train.jsonl`, `validation.jsonl`, `test.jsonl` sorted by id (atomic) and a
 dataset card `README.md`. Offline, example i is a pure function of (seed, split, i) and test
-examples come only from held-out pool items (see pools.py; with `validation_items: held_out`
-validation examples come from a third side that neither train nor test uses). With an LLM, rows arrive in any order
+examples come only from held-out pool items (see pools.py). With an LLM, rows arrive in any order
 and a final message already in the data (after normalising) is regenerated, so train and test
 share none.
 
@@ -72,14 +71,6 @@ def example_id(g: Guardrail, cfg: GenerateConfig, split: str, i: int) -> str:
     return f"{g.name}_{cfg.variation}-{split}-{i:05d}"
 
 
-def pool_sides(cfg: GenerateConfig, split: str) -> tuple[str, ...]:
-    """The pool sides (pools.SIDES) a split draws its items from: test only from the test side; validation from
-    its own side with `validation_items: held_out`, else it shares the training items (as train does)."""
-    if split == "test":
-        return ("test",)
-    return (split,) if cfg.validation_items == "held_out" else ("train", "validation")
-
-
 def fixed_parts(cfg: GenerateConfig, side: Pools, split: str) -> tuple[dict, list[dict]]:
     """The one persona and one history a split uses under the fixed variations (both backends)."""
     rng = random.Random(f"{cfg.seed}-{split}-fixed")
@@ -96,7 +87,7 @@ class OfflineGenerator:
                 f"{', '.join(sorted(pools.triggers))}; add pools/triggers/{guardrail.name}.json or use an LLM backend"
             )
         self.g, self.cfg, self.split = guardrail, cfg, split
-        self.p = pools.side(*pool_sides(cfg, split))
+        self.p = pools.side(test=split == "test")
         self.own = self.p.triggers[guardrail.name]
         self.others = [t for name, t in sorted(self.p.triggers.items()) if name != guardrail.name]
         self.fixed_persona, self.fixed_history = fixed_parts(cfg, self.p, split)
@@ -251,7 +242,7 @@ def run(cfg: GenerateConfig) -> GenerateResult:
                 result.written += 1
                 bar.update(1)
         else:
-            fixed = {s: fixed_parts(cfg, pools.side(*pool_sides(cfg, s)), s) for s in SPLITS}
+            fixed = {s: fixed_parts(cfg, pools.side(test=s == "test"), s) for s in SPLITS}
             seen = {generate_llm.normalise_message(r["message"]) for r in on_disk if isinstance(r.get("message"), str)}
             stats = generate_llm.generate(guardrail, cfg, todo, fixed, seen, lambda ex: append_jsonl(raw, ex), bar)
             for name in COUNT_FIELDS:

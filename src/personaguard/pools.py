@@ -1,10 +1,8 @@
-"""The curated offline pools (package data, see pools/SPEC.md) and their partition into sides.
+"""The curated offline pools (package data, see pools/SPEC.md) and their train/test partition.
 
-Every pool item goes to one side by a stable hash of its text, independent of the seed: `test`
-(TEST_SHARE of the items), `validation` (the next VALIDATION_SHARE) or `train` (the rest). Test
-snapshots are built only from items (messages, personas, histories, memories) that no training
-example uses, whatever seeds different runs pick. The validation side is used on its own only with
-`generate.validation_items: held_out`; otherwise validation examples share the training items.
+Every pool item goes to the train or the test side by a stable hash of its text, independent of
+the seed, so test snapshots are built only from items (messages, personas, histories, memories)
+that no training example uses, whatever seeds different runs pick.
 """
 
 from __future__ import annotations
@@ -19,16 +17,11 @@ from .errors import PersonaguardError
 from .llm_prompts import normalise_message
 
 TEST_SHARE = 0.2
-VALIDATION_SHARE = 0.1
-SIDES = ("train", "validation", "test")
 
 
-def pool_side(text: str) -> str:
-    """`test`, `validation` or `train`: which side of the partition a pool item belongs to."""
-    h = int(hashlib.sha1(text.strip().lower().encode("utf-8")).hexdigest()[:8], 16) % 10_000
-    if h < TEST_SHARE * 10_000:
-        return "test"
-    return "validation" if h < (TEST_SHARE + VALIDATION_SHARE) * 10_000 else "train"
+def is_test_item(text: str, share: float = TEST_SHARE) -> bool:
+    h = int(hashlib.sha1(text.strip().lower().encode("utf-8")).hexdigest()[:8], 16)
+    return (h % 10_000) < share * 10_000
 
 
 @dataclass
@@ -49,12 +42,9 @@ class Pools:
     triggers: dict[str, TriggerPool] = field(default_factory=dict)
     fillers: dict[str, list[str]] = field(default_factory=dict)  # "lead"/"tail" lines of multi-message turns
 
-    def side(self, *sides: str) -> "Pools":
-        """The pools restricted to the items of the given sides (see SIDES)."""
-        unknown = set(sides) - set(SIDES)
-        if unknown or not sides:
-            raise ValueError(f"pool sides are {', '.join(SIDES)}; got {', '.join(sorted(unknown)) or 'none'}")
-        keep = lambda items, key: [x for x in items if pool_side(key(x)) in sides]  # noqa: E731
+    def side(self, test: bool) -> "Pools":
+        """The pools restricted to one side of the train/test partition."""
+        keep = lambda items, key: [x for x in items if is_test_item(key(x)) == test]  # noqa: E731
         return Pools(
             personas=keep(self.personas, lambda p: json.dumps(p, sort_keys=True)),
             memories=keep(self.memories, str),

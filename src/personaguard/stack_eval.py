@@ -63,7 +63,7 @@ def double_trigger_items(seed: int = 0) -> list[Snapshot]:
     from .pools import load_pools
 
     raw = json.loads((resources.files("personaguard") / "pools" / "double_triggers.json").read_text(encoding="utf-8"))
-    side = load_pools().side("test")
+    side = load_pools().side(test=True)
     rng = random.Random(f"{seed}-double")
     return [
         Snapshot(id=f"double-{i:03d}", persona=rng.choice(side.personas), history=rng.choice(side.histories),
