@@ -28,6 +28,18 @@ def rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def relative_to_single(single: dict, stacked: dict) -> tuple[float | None, float | None]:
+    """(stacked tag rate / single tag rate, stacked false tag rate - single's): how a stack compares with one member.
+
+    The ratio is None when the single adapter tags nothing (or either rate is missing), the difference
+    when either false tag rate is missing."""
+    s_tag, t_tag = single.get("tag_rate"), stacked.get("tag_rate")
+    s_false, t_false = single.get("false_tag_rate"), stacked.get("false_tag_rate")
+    ratio = t_tag / s_tag if s_tag and t_tag is not None else None
+    extra = t_false - s_false if None not in (s_false, t_false) else None
+    return ratio, extra
+
+
 def auroc(pos: list[float], neg: list[float]) -> float | None:
     if not pos or not neg:
         return None

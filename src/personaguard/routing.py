@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .errors import PersonaguardError
 from .inference import guard_pass, replies_with_tag_decided
-from .metrics import GATE_FILE, gate_threshold, rate, read_gate
+from .metrics import GATE_FILE, gate_threshold, rate, read_gate, relative_to_single
 from .schema import NONE_LABEL
 from .stack import use_adapters
 
@@ -112,8 +112,8 @@ class StackCalibration:
             single, stacked = per["single"], per[setting]
             if None in (single["tag_rate"], stacked["tag_rate"], single["false_tag_rate"], stacked["false_tag_rate"]):
                 continue
-            keep = stacked["tag_rate"] / single["tag_rate"] if single["tag_rate"] else 1.0
-            extra = stacked["false_tag_rate"] - single["false_tag_rate"]
+            ratio, extra = relative_to_single(single, stacked)
+            keep = 1.0 if ratio is None else ratio  # a member that tags nothing alone has nothing to lose
             if keep < TARGET_KEEP - 1e-9 or extra > TARGET_FALSE + 1e-9:  # exactly at the edge counts as met
                 out.append(f"{setting} keeps {keep:.3f} of {g}'s tags at {extra:+.3f} false tags on the validation splits "
                            f"(target >= {TARGET_KEEP} at <= +{TARGET_FALSE})")

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .config import EvaluateConfig, StackEvalConfig, dump_yaml
 from .errors import PersonaguardError
 from .guardrails import get_guardrail
-from .metrics import detection_metrics, fmt, starts_with_tag
+from .metrics import detection_metrics, fmt, relative_to_single, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -277,9 +277,7 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
         for s in settings:
             if s in ("none", "single"):
                 continue
-            m = per.get(s, {})
-            ratio = m.get("tag_rate") / single["tag_rate"] if single.get("tag_rate") and m.get("tag_rate") is not None else None
-            extra = (m.get("false_tag_rate") - single["false_tag_rate"]) if None not in (m.get("false_tag_rate"), single.get("false_tag_rate")) else None
+            ratio, extra = relative_to_single(single, per.get(s, {}))
             cells.append(f"{fmt(ratio)} / {'+' if (extra or 0) >= 0 else ''}{fmt(extra)}")
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     others = sorted({lab for per in table.values() for lab in per.get("single", {}).get("per_label", {})} - {NONE_LABEL})
