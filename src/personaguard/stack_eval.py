@@ -312,5 +312,6 @@ def validation_markdown(calibration: StackCalibration) -> list[str]:
     misses = calibration.misses()
     lines += [""] + ([f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)." for m in misses]
                      or [f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
-                         f"at <= +{TARGET_FALSE} false tags); validation rows resemble the training data, so this is optimistic."])
+                         f"at <= +{TARGET_FALSE} false tags); no guarantee on new data: most stacks measured so far that passed here "
+                         "missed on their test split (docs/benchmarks.md)."])
     return lines
