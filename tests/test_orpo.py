@@ -21,6 +21,14 @@ def test_orpo_loss_matches_hand_computation():
     assert parts["loss"].item() == pytest.approx(nll + 0.1 * sum(expected_or) / 2, rel=1e-5)
 
 
+def test_row_weight_makes_the_loss_a_weighted_mean():
+    c, r = torch.tensor([-0.5, -1.0, -0.2]), torch.tensor([-2.0, -0.8, -3.0])
+    rows = [orpo_loss(c[i:i + 1], r[i:i + 1], lam=0.1)["loss"].item() for i in range(3)]
+    weighted = orpo_loss(c, r, lam=0.1, row_weight=torch.tensor([1.0, 0.0, 1.0]))["loss"].item()
+    assert weighted == pytest.approx((rows[0] + rows[2]) / 2, rel=1e-6)
+    assert orpo_loss(c, r, lam=0.1, row_weight=torch.zeros(3))["loss"].item() == 0.0
+
+
 def test_odds_ratio_matches_trl():
     orpo_trainer = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
     from types import SimpleNamespace

@@ -155,3 +155,24 @@ def test_full_stack_share_draws_the_full_set_more_often():
         full.draw(True)
     assert 60 < uniform.drawn["a,b,c"] < 140  # about 1/7 of 700
     assert full.drawn["a,b,c"] > 330  # about 0.5 + 0.5/7 of 700
+
+
+def test_neutral_stack_share_scores_only_neutral_rows_of_the_full_stack():
+    names = ["a", "b", "c"]
+    targets, model = SubsetTargets(names, seed=2, neutral_share=0.5), _FakePeft()
+    member = torch.tensor([0, -1, 2, -1])
+    neutral_only = 0
+    for _ in range(200):
+        out = targets(model, {"member": member})
+        if "row_weight" in out:
+            neutral_only += 1
+            assert model.active == names and out["row_weight"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert 70 < neutral_only < 130 and targets.drawn["a,b,c (neutral rows only)"] == neutral_only
+    model.training = False
+    assert "row_weight" not in targets(model, {"member": member})  # validation scores every row
+
+
+def test_stack_shares_cannot_exceed_one():
+    with pytest.raises(ValueError, match="over 1"):
+        JointTrainConfig(members={"politics": {"data_dir": "d1", "out_dir": "o1"}, "meeting": {"data_dir": "d2", "out_dir": "o2"}},
+                         out_dir="o", full_stack_share=0.6, neutral_stack_share=0.5)

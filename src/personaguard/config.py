@@ -139,9 +139,15 @@ class JointTrainConfig(_Strict):
     full_stack_share: float = Field(
         0.0, ge=0, le=1, description="Share of steps with every member active; the others draw uniformly from all "
         "non-empty subsets (0 = all subsets equally, each member alone included).")
+    neutral_stack_share: float = Field(
+        0.0, ge=0, le=1, description="Share of steps with every member active on which only the neutral rows are "
+        "scored: the full stack learns where not to fire without the extra tagged rows that full_stack_share adds.")
 
     @model_validator(mode="after")
     def _check(self) -> "JointTrainConfig":
+        if self.full_stack_share + self.neutral_stack_share > 1:
+            raise ValueError(f"full_stack_share + neutral_stack_share: {self.full_stack_share} + "
+                             f"{self.neutral_stack_share} is over 1; they are shares of the same steps")
         if len(self.members) < 2:
             raise ValueError(f"members: joint training needs two or more guardrails, got {len(self.members)}")
         given = sorted(k for k in self.train if k in _PER_MEMBER)

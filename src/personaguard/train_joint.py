@@ -18,6 +18,9 @@ target follows S:
 - a neutral row keeps its natural reply as chosen.
 So every set a request may activate -- each member alone, any pair, all of them -- is trained for,
 and only the members in S receive gradients that step. The validation loss uses all members at once.
+With `neutral_stack_share` a further share of steps activates every member and scores the neutral rows
+only: the full stack's extra false tags sit on near-miss turns (docs/benchmarks.md), and full-set steps
+with every trigger tagged (`full_stack_share`) raised them.
 
 Outputs: one ordinary PEFT adapter folder per member (usable alone, stacked or merged) with
 config.yaml, guardrail.yaml, joint.json (the run it came from), its gate threshold calibrated with that
@@ -57,31 +60,39 @@ class SubsetTargets:
     row's member index, -1 for neutral rows); returns the batch with a bool `swap` added. In eval mode
     all members are active, so the validation loss is the full stack's."""
 
-    def __init__(self, names: list[str], seed: int, full_share: float = 0.0):
+    NEUTRAL_ONLY = " (neutral rows only)"  # suffix of the full set's key in `drawn` for neutral-only steps
+
+    def __init__(self, names: list[str], seed: int, full_share: float = 0.0, neutral_share: float = 0.0):
         import torch
 
         self.names = names
         self.full_share = full_share
+        self.neutral_share = neutral_share
         self.subsets = [s for k in range(1, len(names) + 1) for s in itertools.combinations(range(len(names)), k)]
         self.gen = torch.Generator().manual_seed(seed)
         self.drawn = {",".join(names[i] for i in s): 0 for s in self.subsets}
+        if neutral_share:
+            self.drawn[",".join(names) + self.NEUTRAL_ONLY] = 0
 
-    def draw(self, training: bool) -> tuple[int, ...]:
+    def draw(self, training: bool) -> tuple[tuple[int, ...], bool]:
+        """(active member indices, whether only the neutral rows are scored this step)."""
         import torch
 
         if not training:
-            return tuple(range(len(self.names)))
-        if self.full_share and float(torch.rand((), generator=self.gen)) < self.full_share:
+            return tuple(range(len(self.names))), False
+        u = float(torch.rand((), generator=self.gen)) if self.full_share or self.neutral_share else 1.0
+        neutral_only = u < self.neutral_share
+        if neutral_only or u < self.neutral_share + self.full_share:
             s = self.subsets[-1]  # combinations() lists the full set last
         else:
             s = self.subsets[int(torch.randint(len(self.subsets), (1,), generator=self.gen))]
-        self.drawn[",".join(self.names[i] for i in s)] += 1
-        return s
+        self.drawn[",".join(self.names[i] for i in s) + (self.NEUTRAL_ONLY if neutral_only else "")] += 1
+        return s, neutral_only
 
     def __call__(self, model, inputs: dict) -> dict:
         import torch
 
-        subset = self.draw(model.training)
+        subset, neutral_only = self.draw(model.training)
         peft_model = getattr(model, "module", model)  # DDP wraps the model
         # set_adapter makes exactly these trainable and the others frozen: only S gets gradients this step
         peft_model.base_model.set_adapter([self.names[i] for i in subset])
@@ -89,6 +100,8 @@ class SubsetTargets:
         on = torch.zeros(len(self.names), dtype=torch.bool, device=member.device)
         on[list(subset)] = True
         swap = (member >= 0) & ~on[member.clamp(min=0)]
+        if neutral_only:  # the full stack learns where not to fire; its triggers are not scored this step
+            return {**inputs, "swap": swap, "row_weight": (member < 0).float()}
         return {**inputs, "swap": swap}
 
 
@@ -154,7 +167,7 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     val_feats = _features(val_rows, tok, first) if val_rows else None
     # no checkpoints: transformers' resume loads one adapter only; unused members' parameters get no gradient under DDP
     args = training_arguments(first, out_dir, device, bool(val_feats), save_strategy="no", ddp_find_unused_parameters=True)
-    targets = SubsetTargets(names, first.seed, cfg.full_stack_share)
+    targets = SubsetTargets(names, first.seed, cfg.full_stack_share, cfg.neutral_stack_share)
     trainer = ORPOTrainer(
         model=model, args=args, train_dataset=as_dataset(train_feats),
         eval_dataset=as_dataset(val_feats) if val_feats else None, data_collator=collate(tok.pad_token_id),
