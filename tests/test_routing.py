@@ -132,7 +132,7 @@ def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(s
 
 def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it_against_each_member(stack):
     from personaguard.inference import guard_pass
-    from personaguard.metrics import gate_threshold
+    from personaguard.metrics import stack_gate_threshold
     from personaguard.prompt import prompt_ids
     from personaguard.routing import stack_calibration
     from personaguard.schema import Snapshot
@@ -150,8 +150,13 @@ def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it
         summed = guard_pass(model, tok, prompts, TAG)
     with use_adapters(model, [pol]):
         alone = guard_pass(model, tok, prompts, TAG)
-    assert cal.threshold == pytest.approx(gate_threshold(summed.scores[:2], summed.scores[2:]), rel=1e-5)
-    assert gate_threshold(alone.scores[:2], alone.scores[2:]) != pytest.approx(cal.threshold, rel=1e-3)
+    with use_adapters(model, [meet]):
+        meet_alone = guard_pass(model, tok, prompts, TAG)
+    labels = [s.label for s in snaps]
+    want = stack_gate_threshold(summed.scores, labels, {"politics": alone.greedy, "meeting": meet_alone.greedy})
+    assert cal.threshold == pytest.approx(want, rel=1e-5)
+    assert stack_gate_threshold(alone.scores, labels, {"politics": alone.greedy, "meeting": meet_alone.greedy}) != \
+        pytest.approx(cal.threshold, rel=1e-3)
     # the check: politics alone (greedy) on its own trigger and the neutral items, the sum greedy and gated
     v = cal.validation["politics"]
     assert v["single"] == {"tag_rate": float(alone.greedy[0]), "false_tag_rate": (alone.greedy[2] + alone.greedy[3]) / 2}
@@ -159,6 +164,31 @@ def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it
     gated = [x >= cal.threshold for x in summed.scores]
     assert v["dynamic_gated"] == {"tag_rate": float(gated[0]), "false_tag_rate": (gated[2] + gated[3]) / 2}
     assert stack_calibration(model, tok, {"politics": pol, "meeting": meet}, snaps[2:], 128, TAG).threshold is None
+
+
+def test_stack_gate_meets_the_target_where_best_f1_does_not():
+    from personaguard.metrics import gate_threshold, stack_gate_threshold, tag_rates, target_margin
+
+    labels = ["a"] * 4 + ["b"] * 4 + ["none"] * 10
+    scores = [0.9, 0.8, 0.7, 0.6, 0.85, 0.75, 0.62, 0.5, 0.58, 0.3, 0.1, 0.09, 0.08, 0.05, 0.04, 0.03, 0.02, 0.01]
+    # a alone tags its 4 items and one neutral turn; b alone tags 2 of its 4 and no neutral turn
+    alone = {"a": [True] * 4 + [False] * 4 + [True] + [False] * 9, "b": [False] * 4 + [True, True, False, False] + [False] * 10}
+
+    def margin(t):
+        flags = [x >= t for x in scores]
+        return min(target_margin(tag_rates(alone[g], labels, g), tag_rates(flags, labels, g)) for g in alone)
+
+    f1 = gate_threshold([x for x, lab in zip(scores, labels) if lab != "none"], [x for x, lab in zip(scores, labels) if lab == "none"])
+    assert margin(f1) < 0  # best F1 takes b's 0.5 and with it the neutral 0.3: +0.1 false tags against b alone
+    t = stack_gate_threshold(scores, labels, alone)
+    assert t == pytest.approx(0.59)  # the only gap that keeps every a item and no neutral one
+    assert margin(t) == pytest.approx(max(margin(i / 1000) for i in range(1001)))
+    # a alone tags one of its three items: 0.25, 0.5 and 0.75 all keep it at no false tag; the middle one wins
+    assert stack_gate_threshold([0.9, 0.6, 0.4, 0.1], ["a", "a", "a", "none"], {"a": [True, False, False, False]}) == \
+        pytest.approx(0.5)
+    assert stack_gate_threshold([0.3, 0.2], ["none", "none"], {"a": [False, False]}) is None  # no triggering item
+    # no neutral item to judge false tags on: best F1 as for one adapter
+    assert stack_gate_threshold([0.9, 0.4], ["a", "a"], {"a": [True, True]}) == pytest.approx(gate_threshold([0.9, 0.4], []))
 
 
 def test_a_stack_that_loses_a_members_tags_or_adds_false_tags_is_flagged():

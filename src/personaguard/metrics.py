@@ -28,6 +28,12 @@ def rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def tag_rates(flags: list[bool], labels: list[str], guardrail: str) -> dict[str, float | None]:
+    """{"tag_rate" on `guardrail`'s items, "false_tag_rate" on `none` items} of per-item tag decisions."""
+    return {"tag_rate": rate([f for f, lab in zip(flags, labels) if lab == guardrail]),
+            "false_tag_rate": rate([f for f, lab in zip(flags, labels) if lab == NONE_LABEL])}
+
+
 def relative_to_single(single: dict, stacked: dict) -> tuple[float | None, float | None]:
     """(stacked tag rate / single tag rate, stacked false tag rate - single's): how a stack compares with one member.
 
@@ -38,6 +44,50 @@ def relative_to_single(single: dict, stacked: dict) -> tuple[float | None, float
     ratio = t_tag / s_tag if s_tag and t_tag is not None else None
     extra = t_false - s_false if None not in (s_false, t_false) else None
     return ratio, extra
+
+
+TARGET_KEEP, TARGET_FALSE = 0.95, 0.05  # a stack should keep >= 95 % of each member's own tags at <= +0.05 false tags
+
+
+def target_margin(single: dict, stacked: dict) -> float | None:
+    """How far a stack is inside the stacking target for one member: min(kept share - 0.95, 0.05 - extra false
+    tags); negative = it misses. None when a rate is missing. A member that tags nothing alone keeps all it had."""
+    if None in (single.get("tag_rate"), stacked.get("tag_rate"), single.get("false_tag_rate"), stacked.get("false_tag_rate")):
+        return None
+    ratio, extra = relative_to_single(single, stacked)
+    return min((1.0 if ratio is None else ratio) - TARGET_KEEP, TARGET_FALSE - extra)
+
+
+def stack_gate_threshold(scores: list[float], labels: list[str], alone: dict[str, list[bool]]) -> float | None:
+    """Threshold on a summed stack's guard score that meets the stacking target with the widest margin.
+
+    `scores` are the stack's guard scores on pooled validation items (`labels`: each item's guardrail or
+    `none`), `alone[g]` member g's own greedy decisions on the same items. Every midpoint between distinct
+    scores is a candidate; each gets the smallest `target_margin` over the members; the middle one of the
+    candidates with the largest margin wins. Falls back to `gate_threshold` (best F1) without neutral items.
+    Why not best F1 as for one adapter: the stack is judged against each member alone, not by F1. Replayed
+    offline on the saved test scores of 21 runs (each run's test items halved by message, one half calibrates,
+    the other is scored, 20 random halvings; docs/benchmarks.md) this rule met the target in 192 of 600 halves
+    at n=1280 against 142 for best F1, and 33 against 15 of 240 at n<=640."""
+    members = [g for g in alone if g in labels]
+    if not members:
+        return None
+    pos = [x for x, lab in zip(scores, labels) if lab != NONE_LABEL]
+    neg = [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]
+    single = {g: tag_rates(alone[g], labels, g) for g in members}
+    distinct = sorted(set(scores))
+    candidates = [distinct[0] / 2] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
+    margins = []
+    for t in candidates:
+        flags = [x >= t for x in scores]
+        per = [target_margin(single[g], tag_rates(flags, labels, g)) for g in members]
+        per = [m for m in per if m is not None]
+        margins.append(min(per) if per else None)
+    if all(m is None for m in margins):
+        return gate_threshold(pos, neg)
+    best = max(m for m in margins if m is not None)
+    top = [t for t, m in zip(candidates, margins) if m is not None and m >= best - 1e-12]
+    return top[len(top) // 2]
 
 
 def auroc(pos: list[float], neg: list[float]) -> float | None:

@@ -30,7 +30,8 @@ second model and not a regenerated reply.
 with all members active, calibrated on all members' validation splits pooled. Jointly trained members
 (train_joint.py) sum well, but the sum's own greedy decision drifts from the singles' operating point
 (it tags more, or fewer, triggers and neutral turns than each member alone); the calibrated threshold
-puts the stack back at one chosen point without a guard pass per member at request time.
+puts the stack back at the point that best meets the stacking target on the validation splits (each member's
+tags kept, few extra false tags), without a guard pass per member at request time.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from pathlib import Path
 
 from .errors import PersonaguardError
 from .inference import guard_pass, replies_with_tag_decided
-from .metrics import GATE_FILE, gate_threshold, rate, read_gate, relative_to_single
+from .metrics import (GATE_FILE, TARGET_FALSE, TARGET_KEEP, gate_threshold, read_gate, relative_to_single, stack_gate_threshold,
+                      tag_rates, target_margin)
 from .schema import NONE_LABEL
 from .stack import use_adapters
 
@@ -96,9 +98,6 @@ def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float 
     return gate_threshold(own, [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]) if own else None
 
 
-TARGET_KEEP, TARGET_FALSE = 0.95, 0.05  # a stack should keep >= 95 % of each member's own tags at <= +0.05 false tags
-
-
 @dataclass
 class StackCalibration:
     threshold: float | None  # the summed stack's gate; None when the pooled splits hold no triggering item
@@ -110,11 +109,10 @@ class StackCalibration:
         out = []
         for g, per in self.validation.items():
             single, stacked = per["single"], per[setting]
-            if None in (single["tag_rate"], stacked["tag_rate"], single["false_tag_rate"], stacked["false_tag_rate"]):
-                continue
-            ratio, extra = relative_to_single(single, stacked)
-            keep = 1.0 if ratio is None else ratio  # a member that tags nothing alone has nothing to lose
-            if keep < TARGET_KEEP - 1e-9 or extra > TARGET_FALSE + 1e-9:  # exactly at the edge counts as met
+            margin = target_margin(single, stacked)
+            if margin is not None and margin < -1e-9:  # exactly at the edge counts as met
+                ratio, extra = relative_to_single(single, stacked)
+                keep = 1.0 if ratio is None else ratio
                 out.append(f"{setting} keeps {keep:.3f} of {g}'s tags at {extra:+.3f} false tags on the validation splits "
                            f"(target >= {TARGET_KEEP} at <= +{TARGET_FALSE})")
         return out
@@ -126,30 +124,26 @@ def stack_calibration(
     """The gate of the adapters in `members` (guardrail -> adapter name) active together, and a check of it.
 
     `snaps` are the members' validation splits pooled: every member's triggering items are positives
-    (the stack must tag them all) and the neutral items negatives; same rule as a single adapter's
-    gate (metrics.gate_threshold). The check puts each member alone (greedy), the plain sum (greedy)
-    and the gated sum side by side on the same items, so a stack that loses one member's triggers
-    (the sum of jointly trained members sometimes pulls one member's tags far down, docs/benchmarks.md)
-    is visible before its test figures, from the data it was calibrated on. Costs one guard pass per member."""
+    (the stack must tag them all) and the neutral items negatives. The threshold is the one that meets the
+    stacking target (>= 0.95 of each member's own tags at <= +0.05 false tags, each member alone judged
+    greedily on the same items) with the widest margin (metrics.stack_gate_threshold). The check puts each
+    member alone (greedy), the plain sum (greedy) and the gated sum side by side on the same items, so a
+    stack for which no threshold meets the target is visible before its test figures, from the data it
+    was calibrated on. Costs one guard pass per member."""
     from .prompt import prompt_ids
 
     prompts = [prompt_ids(tokenizer, s, max_prompt_tokens) for s in snaps]
     with use_adapters(model, list(members.values())):
         summed = guard_pass(model, tokenizer, prompts, tag, batch_size)
     labels = [s.label for s in snaps]
-    pos = [x for x, lab in zip(summed.scores, labels) if lab != NONE_LABEL]
-    thr = gate_threshold(pos, [x for x, lab in zip(summed.scores, labels) if lab == NONE_LABEL]) if pos else None
-
-    def rates(flags: list[bool], g: str) -> dict[str, float | None]:
-        return {"tag_rate": rate([f for f, lab in zip(flags, labels) if lab == g]),
-                "false_tag_rate": rate([f for f, lab in zip(flags, labels) if lab == NONE_LABEL])}
-
-    gated = [thr is not None and x >= thr for x in summed.scores]
-    validation = {}
+    alone = {}
     for g, name in members.items():
         with use_adapters(model, [name]):
-            alone = guard_pass(model, tokenizer, prompts, tag, batch_size)
-        validation[g] = {"single": rates(alone.greedy, g), "dynamic": rates(summed.greedy, g), "dynamic_gated": rates(gated, g)}
+            alone[g] = guard_pass(model, tokenizer, prompts, tag, batch_size).greedy
+    thr = stack_gate_threshold(summed.scores, labels, alone)
+    gated = [thr is not None and x >= thr for x in summed.scores]
+    validation = {g: {"single": tag_rates(alone[g], labels, g), "dynamic": tag_rates(summed.greedy, labels, g),
+                      "dynamic_gated": tag_rates(gated, labels, g)} for g in members}
     return StackCalibration(thr, validation)
 
 
