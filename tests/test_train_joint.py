@@ -172,6 +172,20 @@ def test_neutral_stack_share_scores_only_neutral_rows_of_the_full_stack():
     assert "row_weight" not in targets(model, {"member": member})  # validation scores every row
 
 
+def test_neutral_only_steps_train_every_member(tiny_model_dir, member_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    from personaguard import train_joint
+
+    cfg = build(JointTrainConfig, {**_fields(member_dirs, tmp_path, tiny_model_dir, max_steps=3), "neutral_stack_share": 1.0})
+    train_joint.run(cfg)
+    summary = json.loads((tmp_path / "joint" / "train_result.json").read_text())
+    assert summary["subsets_drawn"]["politics,meeting (neutral rows only)"] == 3
+    for g in ("politics", "meeting"):  # all active on every step, the neutral rows' loss moved both
+        weights = load_file(tmp_path / "adapters" / g / "adapter_model.safetensors")
+        assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
 def test_stack_shares_cannot_exceed_one():
     with pytest.raises(ValueError, match="over 1"):
         JointTrainConfig(members={"politics": {"data_dir": "d1", "out_dir": "o1"}, "meeting": {"data_dir": "d2", "out_dir": "o2"}},
