@@ -21,12 +21,17 @@ def test_orpo_loss_matches_hand_computation():
     assert parts["loss"].item() == pytest.approx(nll + 0.1 * sum(expected_or) / 2, rel=1e-5)
 
 
-def test_row_weight_makes_the_loss_a_weighted_mean():
+def test_row_mask_leaves_rows_out_of_the_loss():
     c, r = torch.tensor([-0.5, -1.0, -0.2]), torch.tensor([-2.0, -0.8, -3.0])
     rows = [orpo_loss(c[i:i + 1], r[i:i + 1], lam=0.1)["loss"].item() for i in range(3)]
-    weighted = orpo_loss(c, r, lam=0.1, row_weight=torch.tensor([1.0, 0.0, 1.0]))["loss"].item()
-    assert weighted == pytest.approx((rows[0] + rows[2]) / 2, rel=1e-6)
-    assert orpo_loss(c, r, lam=0.1, row_weight=torch.zeros(3))["loss"].item() == 0.0
+    masked = orpo_loss(c, r, lam=0.1, row_mask=torch.tensor([True, False, True]))
+    assert masked["loss"].item() == pytest.approx((rows[0] + rows[2]) / 2, rel=1e-6)
+    assert masked["nll"].item() == pytest.approx(-(c[0] + c[2]).item() / 2)  # logged over the same rows
+    assert orpo_loss(c, r, lam=0.1, row_mask=torch.zeros(3, dtype=torch.bool))["loss"].item() == 0.0
+    # a left-out row whose terms are not finite (chosen log-prob exactly 0) gives no NaN gradient
+    c = torch.tensor([0.0, -1.0], requires_grad=True)
+    orpo_loss(c, torch.tensor([-2.0, -0.8]), lam=0.1, row_mask=torch.tensor([False, True]))["loss"].backward()
+    assert torch.isfinite(c.grad).all() and c.grad[0] == 0
 
 
 def test_odds_ratio_matches_trl():
@@ -152,6 +157,20 @@ def test_anchor_scores_neutral_rows_against_the_base_model():
     # ORPO parts are logged over the triggering row only; plain ORPO ignores the flag
     assert anchored["nll"].item() == pytest.approx(trig.item() - 0.1 * anchored["or_loss"].item(), rel=1e-4)
     assert "anchor_kl" not in orpo and orpo["loss"].item() != pytest.approx(anchored["loss"].item())
+
+
+@pytest.mark.parametrize("neutral_loss", ["orpo", "anchor"])
+def test_row_mask_in_a_packed_batch_counts_only_those_rows(neutral_loss):
+    model = _tiny_peft().eval()
+    both = pack_pairs(ANCHOR_FEATS, 0)
+    both["row_mask"] = both["neutral"].clone()  # a neutral-only step of joint training: the triggering row drops out
+    with torch.no_grad():
+        weighted = packed_forward(model, both, lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
+        alone = packed_forward(model, pack_pairs(ANCHOR_FEATS[1:], 0), lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
+        unweighted = packed_forward(model, pack_pairs(ANCHOR_FEATS, 0), lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
+    assert weighted["loss"].item() == pytest.approx(alone["loss"].item(), rel=1e-5)
+    assert weighted["loss"].item() != pytest.approx(unweighted["loss"].item(), rel=1e-3)
+    assert weighted["nll"].item() == pytest.approx(alone["nll"].item(), rel=1e-5)  # logged over the kept row
 
 
 def test_anchor_is_zero_for_an_untrained_adapter_and_trains_only_the_adapter():

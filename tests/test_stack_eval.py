@@ -174,7 +174,7 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
     only_neutral = {g: str(tmp_path / f"n_{g}.jsonl") for g in val}
     for g, rows in val.items():
         write_jsonl_atomic(only_neutral[g], [r.model_copy(update={"id": f"n-{r.id}"}) for r in rows if r.label == "none"])
-    with pytest.raises(PersonaguardError, match="no triggering item"):
+    with pytest.raises(PersonaguardError, match="need triggering and neutral items"):
         stack_eval.run(cfg.model_copy(update={"val_data": only_neutral, "out_dir": str(tmp_path / "g3")}))
 
 

@@ -164,12 +164,12 @@ def test_neutral_stack_share_scores_only_neutral_rows_of_the_full_stack():
     neutral_only = 0
     for _ in range(200):
         out = targets(model, {"member": member})
-        if "row_weight" in out:
+        if "row_mask" in out:
             neutral_only += 1
-            assert model.active == names and out["row_weight"].tolist() == [0.0, 1.0, 0.0, 1.0]
+            assert model.active == names and out["row_mask"].tolist() == [False, True, False, True]
     assert 70 < neutral_only < 130 and targets.drawn["a,b,c (neutral rows only)"] == neutral_only
     model.training = False
-    assert "row_weight" not in targets(model, {"member": member})  # validation scores every row
+    assert "row_mask" not in targets(model, {"member": member})  # validation scores every row
 
 
 def test_neutral_only_steps_train_every_member(tiny_model_dir, member_dirs, tmp_path):

@@ -137,11 +137,12 @@ class JointTrainConfig(_Strict):
     out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
     train: dict = Field(default_factory=dict, description="TrainConfig fields shared by every member (model, lr, epochs, ...).")
     full_stack_share: float = Field(
-        0.0, ge=0, le=1, description="Share of steps with every member active; the others draw uniformly from all "
-        "non-empty subsets (0 = all subsets equally, each member alone included).")
+        0.0, ge=0, le=1, description="Share of steps with every member active; the steps that are neither these nor "
+        "neutral_stack_share's draw uniformly from all non-empty subsets (0 = all subsets equally, each member alone included).")
     neutral_stack_share: float = Field(
         0.0, ge=0, le=1, description="Share of steps with every member active on which only the neutral rows are "
-        "scored: the full stack learns where not to fire without the extra tagged rows that full_stack_share adds.")
+        "scored (their loss a mean over the batch's neutral rows): the full stack learns where not to fire without the "
+        "extra tagged rows that full_stack_share adds.")
 
     @model_validator(mode="after")
     def _check(self) -> "JointTrainConfig":

@@ -64,29 +64,25 @@ def stack_gate_threshold(scores: list[float], labels: list[str], alone: dict[str
     `scores` are the stack's guard scores on pooled validation items (`labels`: each item's guardrail or
     `none`), `alone[g]` member g's own greedy decisions on the same items. Every midpoint between distinct
     scores is a candidate; each gets the smallest `target_margin` over the members; the middle one of the
-    candidates with the largest margin wins. Falls back to `gate_threshold` (best F1) without neutral items.
+    candidates with the largest margin wins; one just above the highest score (tag nothing) is a candidate too.
+    None without triggering or without neutral items (nothing to judge the target on).
     Why not best F1 as for one adapter: the stack is judged against each member alone, not by F1. Replayed
     offline on the saved test scores of 21 runs (each run's test items halved by message, one half calibrates,
     the other is scored, 20 random halvings; docs/benchmarks.md) this rule met the target in 192 of 600 halves
     at n=1280 against 142 for best F1, and 33 against 15 of 240 at n<=640."""
     members = [g for g in alone if g in labels]
-    if not members:
+    if not members or NONE_LABEL not in labels:
         return None
-    pos = [x for x, lab in zip(scores, labels) if lab != NONE_LABEL]
-    neg = [x for x, lab in zip(scores, labels) if lab == NONE_LABEL]
     single = {g: tag_rates(alone[g], labels, g) for g in members}
     distinct = sorted(set(scores))
-    candidates = [distinct[0] / 2] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
+    candidates = ([distinct[0] / 2] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
+                  + [math.nextafter(distinct[-1], math.inf)])
     margins = []
     for t in candidates:
         flags = [x >= t for x in scores]
-        per = [target_margin(single[g], tag_rates(flags, labels, g)) for g in members]
-        per = [m for m in per if m is not None]
-        margins.append(min(per) if per else None)
-    if all(m is None for m in margins):
-        return gate_threshold(pos, neg)
-    best = max(m for m in margins if m is not None)
-    top = [t for t, m in zip(candidates, margins) if m is not None and m >= best - 1e-12]
+        margins.append(min(target_margin(single[g], tag_rates(flags, labels, g)) for g in members))
+    best = max(margins)
+    top = [t for t, m in zip(candidates, margins) if m >= best - 1e-12]
     return top[len(top) // 2]
 
 

@@ -46,13 +46,20 @@ def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -
 
 def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1,
               anchor_loss: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
-              anchor_weight: float = 1.0, row_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+              anchor_weight: float = 1.0, row_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Batch ORPO loss plus the parts worth logging (all batch means).
 
     With `anchor_loss` (per row) and the bool mask `anchored`, the anchored rows contribute
     `anchor_weight * anchor_loss` instead of NLL + lambda * odds-ratio; the loss stays a mean over all rows
-    and the ORPO parts are logged over the other rows. `row_weight` [B] makes the loss a weighted mean
-    (rows of weight 0 get no gradient; a batch of zero weights gives loss 0)."""
+    and the ORPO parts are logged over the other rows. With the bool `row_mask` [B] only those rows count:
+    the others are left out before any term is computed, so they get no gradient even where their terms
+    are not finite; with no row left the loss is 0 (the parts are then logged over every row)."""
+    if row_mask is not None:
+        if not bool(row_mask.any()):
+            parts = orpo_loss(chosen_logps.detach(), rejected_logps.detach(), lam)
+            return {**parts, "loss": chosen_logps[:0].float().sum()}  # 0 with the graph kept for backward
+        take = (lambda t: None if t is None else t[row_mask])
+        return orpo_loss(chosen_logps[row_mask], rejected_logps[row_mask], lam, take(anchor_loss), take(anchored), anchor_weight)
     or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
     nll_rows = -chosen_logps.float()
     per_row = nll_rows + lam * or_loss
@@ -63,13 +70,8 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: flo
             scored = torch.ones_like(anchored)  # an all-neutral batch: log the ORPO parts of every row anyway
         nll_rows, or_loss, log_odds = nll_rows[scored], or_loss[scored], log_odds[scored]
         chosen_logps, rejected_logps = chosen_logps[scored], rejected_logps[scored]
-    if row_weight is not None:
-        w = row_weight.to(per_row.dtype)
-        loss = (per_row * w).sum() / w.sum().clamp(min=1e-8)
-    else:
-        loss = per_row.mean()
     return {
-        "loss": loss,
+        "loss": per_row.mean(),
         "nll": nll_rows.mean(),
         "or_loss": or_loss.mean(),
         "log_odds": log_odds.mean(),
@@ -198,7 +200,7 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     disabled, no gradient); `model` must be a PEFT model. Logs `anchor_kl` and `tag_shift` (nats).
     A bool `swap` [B] in the batch exchanges chosen and rejected for those rows (train_joint.py: a
     triggering row whose guardrail is not active at this step should be answered as a neutral turn);
-    a float `row_weight` [B] weights the rows' losses (train_joint.py: steps that score neutral rows only)."""
+    a bool `row_mask` [B] keeps only those rows in the loss (train_joint.py: steps that score neutral rows only)."""
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     kwargs = dict(
         input_ids=batch["input_ids"],
@@ -213,9 +215,9 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     swap = batch.get("swap")
     if swap is not None and bool(swap.any()):  # joint training: rows whose guardrail is switched off prefer the untagged reply
         chosen, rejected = torch.where(swap, rejected, chosen), torch.where(swap, chosen, rejected)
-    neutral, row_weight = batch.get("neutral"), batch.get("row_weight")
+    neutral, row_mask = batch.get("neutral"), batch.get("row_mask")
     if neutral_loss != "anchor" or neutral is None or not bool(neutral.any()):
-        return orpo_loss(chosen, rejected, lam, row_weight=row_weight)
+        return orpo_loss(chosen, rejected, lam, row_mask=row_mask)
     sub = {k: (v[neutral] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     with torch.no_grad(), model.disable_adapter():
         (base_rows,) = _scored_rows(model, sub, [batch["c_src"][neutral]])
@@ -226,5 +228,5 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     shift = (logp[:, 0].gather(-1, unwanted) - base_logp[:, 0].gather(-1, unwanted)).squeeze(-1)
     anchor = torch.zeros_like(chosen, dtype=torch.float32)
     anchor[neutral] = kl + tag_anchor_weight * F.huber_loss(shift, torch.zeros_like(shift), reduction="none", delta=1.0)
-    parts = orpo_loss(chosen, rejected, lam, anchor, neutral, anchor_weight, row_weight)
+    parts = orpo_loss(chosen, rejected, lam, anchor, neutral, anchor_weight, row_mask)
     return {**parts, "anchor_kl": kl.mean(), "tag_shift": shift.mean()}

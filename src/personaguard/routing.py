@@ -100,7 +100,7 @@ def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float 
 
 @dataclass
 class StackCalibration:
-    threshold: float | None  # the summed stack's gate; None when the pooled splits hold no triggering item
+    threshold: float | None  # the summed stack's gate; None when the pooled splits hold no triggering or no neutral item
     # guardrail -> "single" / "dynamic" / "dynamic_gated" -> {"tag_rate", "false_tag_rate"} on the pooled splits
     validation: dict[str, dict[str, dict[str, float | None]]]
 

@@ -185,7 +185,8 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
                                         cfg.max_prompt_tokens, tag, cfg.batch_size)
         stack_thr = calibration.threshold
         if stack_thr is None:
-            raise PersonaguardError("dynamic_gated: the members' validation splits hold no triggering item to calibrate the stack's gate on")
+            raise PersonaguardError("dynamic_gated: the members' validation splits need triggering and neutral items to calibrate "
+                                    "the stack's gate on; regenerate with a validation split (generate.val_fraction)")
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))

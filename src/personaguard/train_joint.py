@@ -8,19 +8,19 @@ Usage:
 Why: a dynamic stack adds its members' LoRA updates, and members trained one by one do not add up:
 each changes the hidden states the others read, so their sum loses tags or fires on neutral turns
 (docs/benchmarks.md, "Stacking three guardrails" and "Members that add up"). Here the training
-objective is the stack's own. Each step draws one non-empty subset S of the members (all of
-them with probability `full_stack_share`, else uniformly from all 2^n - 1) and activates it (PEFT
-adds the active adapters' updates exactly as a dynamic stack does when serving). Each row's
-target follows S:
+objective is the stack's own. Each step draws one non-empty subset S of the members (all of them
+with probability `full_stack_share` + `neutral_stack_share`, else uniformly from all 2^n - 1) and
+activates it (PEFT adds the active adapters' updates exactly as a dynamic stack does when serving).
+Each row's target follows S:
 - a row that triggers a member in S keeps its tagged reply as chosen (single-adapter training);
 - a row that triggers a member outside S swaps chosen and rejected: that guardrail is off, so the
   persona answers in character without the tag (the cross-negative, made from the members' own data);
 - a neutral row keeps its natural reply as chosen.
 So every set a request may activate -- each member alone, any pair, all of them -- is trained for,
 and only the members in S receive gradients that step. The validation loss uses all members at once.
-With `neutral_stack_share` a further share of steps activates every member and scores the neutral rows
-only: the full stack's extra false tags sit on near-miss turns (docs/benchmarks.md), and full-set steps
-with every trigger tagged (`full_stack_share`) raised them.
+On the `neutral_stack_share` of the steps (all members active) only the neutral rows are scored, their
+loss a mean over the batch's neutral rows: the full stack's extra false tags sit on near-miss turns
+(docs/benchmarks.md), and full-set steps with every trigger tagged (`full_stack_share`) raised them.
 
 Outputs: one ordinary PEFT adapter folder per member (usable alone, stacked or merged) with
 config.yaml, guardrail.yaml, joint.json (the run it came from), its gate threshold calibrated with that
@@ -57,8 +57,9 @@ class SubsetTargets:
     """Per batch: activates a random non-empty subset of the members and marks the rows to swap.
 
     Called by the Trainer's compute_loss with the batch from `orpo.pack_pairs` (its `member` holds each
-    row's member index, -1 for neutral rows); returns the batch with a bool `swap` added. In eval mode
-    all members are active, so the validation loss is the full stack's."""
+    row's member index, -1 for neutral rows); returns the batch with a bool `swap` added, and on
+    neutral-only steps a bool `row_mask` (the neutral rows). In eval mode all members are active and
+    every row is scored, so the validation loss is the full stack's."""
 
     NEUTRAL_ONLY = " (neutral rows only)"  # suffix of the full set's key in `drawn` for neutral-only steps
 
@@ -101,7 +102,7 @@ class SubsetTargets:
         on[list(subset)] = True
         swap = (member >= 0) & ~on[member.clamp(min=0)]
         if neutral_only:  # the full stack learns where not to fire; its triggers are not scored this step
-            return {**inputs, "swap": swap, "row_weight": (member < 0).float()}
+            return {**inputs, "swap": swap, "row_mask": member < 0}
         return {**inputs, "swap": swap}
 
 
