@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .config import EvaluateConfig, StackEvalConfig, dump_yaml
 from .errors import PersonaguardError
 from .guardrails import get_guardrail
-from .metrics import detection_metrics, fmt, relative_to_single, starts_with_tag
+from .metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -303,8 +303,6 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
 
 def validation_markdown(calibration: StackCalibration) -> list[str]:
     """The dynamic_gated calibration check: each member alone, the sum and the gated sum on the pooled validation splits."""
-    from .metrics import TARGET_FALSE, TARGET_KEEP
-
     cols = ("single", "dynamic", "dynamic_gated")
     lines = ["", f"On the members' pooled validation splits (what dynamic_gated's threshold {fmt(calibration.threshold)} was "
              f"calibrated on; greedy first-token decisions), tag rate / false tag rate:", "",
