@@ -163,6 +163,8 @@ def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it
     assert v["dynamic"] == {"tag_rate": float(summed.greedy[0]), "false_tag_rate": (summed.greedy[2] + summed.greedy[3]) / 2}
     gated = [x >= cal.threshold for x in summed.scores]
     assert v["dynamic_gated"] == {"tag_rate": float(gated[0]), "false_tag_rate": (gated[2] + gated[3]) / 2}
+    agree = [s and (a or m) for s, a, m in zip(summed.greedy, alone.greedy, meet_alone.greedy)]  # the sum and a member
+    assert v["dynamic_agree"] == {"tag_rate": float(agree[0]), "false_tag_rate": (agree[2] + agree[3]) / 2}
     assert stack_calibration(model, tok, {"politics": pol, "meeting": meet}, snaps[2:], 128, TAG).threshold is None
 
 

@@ -12,7 +12,7 @@ import torch
 from personaguard.errors import PersonaguardError
 
 
-def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), use_rslora=False):
+def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), use_rslora=False, scale=0.2):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -21,7 +21,7 @@ def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_pro
         r=r, lora_alpha=alpha, target_modules=list(targets), use_rslora=use_rslora, task_type="CAUSAL_LM"))
     for name, p in model.named_parameters():
         if "lora_" in name:
-            p.data = torch.randn_like(p) * 0.2
+            p.data = torch.randn_like(p) * scale
     model.save_pretrained(out)
     (out / "guardrail.yaml").write_text(f"name: {out.name}\ntrigger: t\nresolution: r\n")
     return str(out)

@@ -151,7 +151,7 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
     thr = metrics["meta"]["thresholds"]["dynamic_gated"]
     # the calibration check: each member alone, the sum and the gated sum on the pooled validation splits
     rates = metrics["validation"]["rates"]
-    assert set(rates) == {"politics", "meeting"} and set(rates["meeting"]) == {"single", "dynamic", "dynamic_gated"}
+    assert set(rates) == {"politics", "meeting"} and set(rates["meeting"]) == {"single", "dynamic", "dynamic_gated", "dynamic_agree"}
     assert rates["politics"]["single"]["tag_rate"] in (0.0, 1.0)  # one politics trigger in its validation split
     assert rates["politics"]["single"]["false_tag_rate"] in (0.0, 1 / 3, 2 / 3, 1.0)  # three neutral items pooled
     md = (res.out_dir / "stack_table.md").read_text()
@@ -194,3 +194,79 @@ def test_a_neutral_snapshot_in_several_members_test_files_counts_once(tmp_path):
     other = same.model_copy(update={"id": "meeting-n0", "persona": {"name": "Bo"}})  # another persona: another turn
     write_jsonl_atomic(tmp_path / "meeting.jsonl", [other])
     assert [s.id for s in shared_items(files, {"politics", "meeting", "none"}, 0)][-1] == "meeting-n0"
+
+
+
+@pytest.mark.parametrize("seed, flip", [(31, False), (33, True)])
+def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it(tiny_model_dir, tmp_path, monkeypatch, seed, flip):
+    """Random adapters never write '<guard>', so the guardrails here take as tag a token the sum writes
+    first on some items. seed 31: the members' real votes differ between items (checked against each
+    member's own greedy reply); seed 33: the sum writes the tag on several voted items, and every other
+    vote is turned down (monkeypatch) so that both a kept and a dropped tag are exercised."""
+    import torch
+
+    from personaguard import routing, stack_eval
+    from personaguard.inference import tag_token_ids
+    from personaguard.models import load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.stack import load_stack, use_adapters
+
+    adapters = {g: _random_adapter(tiny_model_dir, tmp_path / g, seed + k, scale=0.1) for k, g in enumerate(("alpha", "beta"))}
+    messages = ["Who gets your vote?", "Coffee tomorrow?", "I baked bread", "What is your address?", "Is the tax fair?",
+                "hiking today", "call me later", "my dog is sick", "which party?", "see you at the park", "lol ok", "new phone"]
+    test = {"alpha": _snaps("alpha", messages[:4], messages[4:6]), "beta": _snaps("beta", messages[6:10], messages[10:])}
+    for g, rows in test.items():
+        write_jsonl_atomic(tmp_path / f"{g}.jsonl", rows)
+    model, tok = load_model(tiny_model_dir)
+    model, names = load_stack(model, list(adapters.values()))
+
+    def firsts(active):  # each item's greedy first token with `active` adapters on
+        with use_adapters(model, active), torch.no_grad():
+            return [model(input_ids=torch.tensor([prompt_ids(tok, s, 128)])).logits[0, -1].argmax().item()
+                    for rows in test.values() for s in rows]
+
+    summed, alone = firsts(names), [firsts([n]) for n in names]
+    usable = [t for t in set(summed) if tok.decode([t]).isprintable() and tok.decode([t]) == tok.decode([t]).strip()
+              and tok.decode([t]).strip() and tag_token_ids(tok, tok.decode([t])) == [t]]
+    votes = {t: [any(a[i] == t for a in alone) for i in range(len(summed))] for t in usable}
+    kept = {t: sum(s == t and v for s, v in zip(summed, votes[t])) for t in usable}
+    pick = [t for t in usable if (kept[t] >= 2 if flip else len(set(votes[t])) == 2)]
+    assert pick, "the fixture needs a token the sum writes first with the members' votes as the case asks"
+    tag = tok.decode([pick[0]])
+    gdir = tmp_path / "guardrails"
+    gdir.mkdir()
+    for g in adapters:
+        (gdir / f"{g}.yaml").write_text(f"name: {g}\ntrigger: the user says {g}\nresolution: answer with the tag\ntag: {json.dumps(tag)}\n")
+    real, given, member_votes = [], [], routing.member_votes
+
+    def votes_seen(*args, **kwargs):
+        real[:] = member_votes(*args, **kwargs)
+        given[:] = [v and not (flip and i % 2) for i, v in enumerate(real)]
+        return list(given)
+
+    monkeypatch.setattr(routing, "member_votes", votes_seen)
+    cfg = StackEvalConfig(model=tiny_model_dir, adapters=adapters, test_data={g: str(tmp_path / f"{g}.jsonl") for g in test},
+                          guardrails_dir=str(gdir), out_dir=str(tmp_path / "stacks"), methods=["dynamic_agree", "dynamic"],
+                          max_new_tokens=4, batch_size=8, max_prompt_tokens=128, double_trigger=False)
+    res = stack_eval.run(cfg)
+    assert list(res.table["alpha"]) == ["none", "single", "dynamic", "dynamic_agree"]  # agree re-decides dynamic's replies
+    by = {}
+    for x in (res.out_dir / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(x)
+        by.setdefault(r["setting"], {})[r["id"]] = r
+    ids = [s.id for rows in test.values() for s in rows]
+    assert real == [by["single:alpha"][i]["tagged"] or by["single:beta"][i]["tagged"] for i in ids]  # each member's own reply
+    cases = set()
+    for i, v in zip(ids, given):
+        r, d = by["dynamic_agree"][i], by["dynamic"][i]
+        assert r["member_vote"] == v and r["guard_score"] == d["guard_score"]
+        assert r["tagged"] == (d["tagged"] and v)
+        if r["tagged"] == d["tagged"]:
+            assert r["reply"] == d["reply"]  # only a dropped tag is generated again
+        else:
+            assert not r["reply"].startswith(tag)
+        cases.add((d["tagged"], r["tagged"]))
+    if flip:
+        assert {(True, True), (True, False)} <= cases
+    else:
+        assert set(real) == {True, False} and (True, True) in cases

@@ -226,7 +226,7 @@ class EvaluateConfig(_Strict):
         return self
 
 
-StackMethod = Literal["dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+StackMethod = Literal["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
 
 
 class StackEvalConfig(_Strict):
@@ -236,9 +236,10 @@ class StackEvalConfig(_Strict):
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     methods: list[StackMethod] = Field(
-        ["dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
+        ["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
         description="dynamic = all adapters active at once (exact sum, no merge); dynamic_gated = the same, the tag decided "
-        "by the sum's guard score against one threshold calibrated on all members' validation splits pooled; routed = each member decides alone "
+        "by the sum's guard score against one threshold calibrated on all members' validation splits pooled; dynamic_agree = "
+        "the same sum, its tag kept only where at least one member alone would tag too (one guard pass per member); routed = each member decides alone "
         "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
         "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (routing.py); "
         "others = personaguard merge --method.")

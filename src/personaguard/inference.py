@@ -118,8 +118,17 @@ def gated_replies(
     continues after it); below -> the tag's first token is banned at the first step. Replies that
     already agree with the gate are kept, so only disagreements are generated again.
     """
+    return decided_replies(model, tokenizer, prompts, [sc >= threshold for sc in scores], tag, replies, max_new_tokens, batch_size)
+
+
+def decided_replies(
+    model, tokenizer, prompts: list[list[int]], want: list[bool], tag: str, replies: list[str],
+    max_new_tokens: int = 40, batch_size: int = 16,
+) -> list[str]:
+    """`replies` (the active adapters' greedy replies) with their start re-decided: want[i] = begin
+    with the tag. Replies that already agree are kept; the others are generated again with the tag
+    written first or its first token banned (replies_with_tag_decided)."""
     out = list(replies)
-    want = [sc >= threshold for sc in scores]
     force = [i for i, (w, r) in enumerate(zip(want, replies)) if w and not r.lstrip().startswith(tag)]
     ban = [i for i, (w, r) in enumerate(zip(want, replies)) if not w and r.lstrip().startswith(tag)]
     for idx, tagged in ((force, True), (ban, False)):

@@ -32,6 +32,15 @@ with all members active, calibrated on all members' validation splits pooled. Jo
 (it tags more, or fewer, triggers and neutral turns than each member alone); the calibrated threshold
 puts the stack back at the point that best meets the stacking target on the validation splits (each member's
 tags kept, few extra false tags), without a guard pass per member at request time.
+
+`member_votes` is the vote of `dynamic_agree` (stack_eval): the sum writes every reply, but begins it
+with the tag only where the sum would (greedy) AND at least one member alone would too. Each of the
+two misses false tags the other makes: a member's own near-miss mistake is not tagged unless the sum
+makes it as well (the union of the members' mistakes is what a sum or a routed stack of three pays
+over each member alone), and the sum's own mistakes, where no member alone fires, are not tagged at
+all. Measured on saved test decisions of 26 runs (docs/benchmarks.md, "The sum and a member must
+agree"), it met the stacking target where the plain sum and both gates missed, with no threshold to
+calibrate. The cost is one guard pass per member (a prompt pass each, no generation), as routing's.
 """
 
 from __future__ import annotations
@@ -101,7 +110,7 @@ def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float 
 @dataclass
 class StackCalibration:
     threshold: float | None  # the summed stack's gate; None when the pooled splits hold no triggering or no neutral item
-    # guardrail -> "single" / "dynamic" / "dynamic_gated" -> {"tag_rate", "false_tag_rate"} on the pooled splits
+    # guardrail -> "single" / "dynamic" / "dynamic_gated" / "dynamic_agree" -> {"tag_rate", "false_tag_rate"} on the pooled splits
     validation: dict[str, dict[str, dict[str, float | None]]]
 
     def misses(self, setting: str = "dynamic_gated") -> list[str]:
@@ -127,7 +136,8 @@ def stack_calibration(
     (the stack must tag them all) and the neutral items negatives. The threshold is the one that meets the
     stacking target (>= 0.95 of each member's own tags at <= +0.05 false tags, each member alone judged
     greedily on the same items) with the widest margin (metrics.stack_gate_threshold). The check puts each
-    member alone (greedy), the plain sum (greedy) and the gated sum side by side on the same items, so a
+    member alone (greedy), the plain sum (greedy), the gated sum and dynamic_agree's decision (the sum and
+    at least one member alone) side by side on the same items, so a
     stack for which no threshold meets the target is visible before its test figures, from the data it
     was calibrated on. Costs one guard pass per member."""
     from .prompt import prompt_ids
@@ -142,9 +152,20 @@ def stack_calibration(
             alone[g] = guard_pass(model, tokenizer, prompts, tag, batch_size).greedy
     thr = stack_gate_threshold(summed.scores, labels, alone)
     gated = [thr is not None and x >= thr for x in summed.scores]
+    agree = [s and any(a[i] for a in alone.values()) for i, s in enumerate(summed.greedy)]  # dynamic_agree's decision
     validation = {g: {"single": tag_rates(alone[g], labels, g), "dynamic": tag_rates(summed.greedy, labels, g),
-                      "dynamic_gated": tag_rates(gated, labels, g)} for g in members}
+                      "dynamic_gated": tag_rates(gated, labels, g), "dynamic_agree": tag_rates(agree, labels, g)} for g in members}
     return StackCalibration(thr, validation)
+
+
+def member_votes(model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16) -> list[bool]:
+    """Per prompt: whether at least one of the adapters named in `members` (all loaded on `model`), active
+    alone, would begin its greedy reply with the tag. One guard pass per member; the active set is restored."""
+    votes = [False] * len(prompts)
+    for m in members:
+        with use_adapters(model, [m]):
+            votes = [v or g for v, g in zip(votes, guard_pass(model, tokenizer, prompts, tag, batch_size).greedy)]
+    return votes
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:

@@ -16,8 +16,12 @@ political rally). All adapters and merged stacks sit on ONE base model and are s
 score, the one that meets the stacking target with the widest margin on all members' validation splits
 pooled (routing.stack_calibration); it re-decides the
 dynamic stack's replies, so only the items where the two disagree are generated again. The table also
-puts each member alone, the sum and the gated sum side by side on those validation splits, and says
-when the gated stack misses the target there.
+puts each member alone, the sum, the gated sum and dynamic_agree side by side on those validation
+splits, and says when the gated stack misses the target there.
+
+`dynamic_agree` re-decides the dynamic stack's replies too: the tag stays only where at least one
+member alone would also tag (routing.member_votes, one guard pass per member), so the members' own
+mistakes no longer add up and the sum's own mistakes need a member's vote.
 
 Per guardrail g the metrics are those of a single adapter (tag rate on g's items, false tag rate on
 neutral items, AUROC...) computed over g's items plus the neutral ones; the table puts no adapter /
@@ -45,7 +49,7 @@ from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_js
 if TYPE_CHECKING:
     from .routing import StackCalibration
 
-RUNTIME_METHODS = ("dynamic", "dynamic_gated", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
+RUNTIME_METHODS = ("dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -168,8 +172,8 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     n_m = len(dirs) + len(merged_dirs)
     member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):n_m]))
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
-    # dynamic_gated re-decides the dynamic stack's replies, so it comes after them
-    methods = sorted(cfg.methods, key=lambda m: m == "dynamic_gated")
+    # dynamic_gated and dynamic_agree re-decide the dynamic stack's replies, so they come after them
+    methods = sorted(cfg.methods, key=lambda m: m in ("dynamic_gated", "dynamic_agree"))
     settings += [(m, member_names if m in RUNTIME_METHODS else [merged_names[m]]) for m in methods]
     thresholds = {"routed": {n: None for n in member_names}}
     if "routed_gated" in cfg.methods:
@@ -199,7 +203,11 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
         if setting in thresholds:
             rows = routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting)
         elif setting == "dynamic_gated":
-            rows = gate_rows(summed or predict(model, tok, every, ecfg, first, setting), model, tok, every, ecfg, first, stack_thr, setting)
+            summed = summed or predict(model, tok, every, ecfg, first, "dynamic")
+            rows = gate_rows(summed, model, tok, every, ecfg, first, stack_thr, setting)
+        elif setting == "dynamic_agree":
+            summed = summed or predict(model, tok, every, ecfg, first, "dynamic")
+            rows = agree_rows(summed, model, tok, every, ecfg, tag, member_names)
         else:
             rows = predict(model, tok, every, ecfg, first, setting)
         if setting == "dynamic":
@@ -231,6 +239,23 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
     write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"], calibration))
     return StackEvalResult(out, table, dt, merges)
+
+
+def agree_rows(summed: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, members: list[str]) -> list[dict]:
+    """dynamic_agree's rows: the dynamic stack's (`summed`, every member active) with the tag kept only where
+    at least one member alone votes for it; `votes` records how many did."""
+    from .inference import decided_replies
+    from .prompt import prompt_ids
+    from .routing import member_votes
+    from .stack import use_adapters
+
+    prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
+    votes = member_votes(model, tok, prompts, members, tag, cfg.batch_size)
+    want = [r["tagged"] and v for r, v in zip(summed, votes)]
+    with use_adapters(model, members):
+        replies = decided_replies(model, tok, prompts, want, tag, [r["reply"] for r in summed], cfg.max_new_tokens, cfg.batch_size)
+    return [{**r, "setting": "dynamic_agree", "reply": rep, "tagged": starts_with_tag(rep, tag), "member_vote": v}
+            for r, rep, v in zip(summed, replies, votes)]
 
 
 def routed_rows(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, thresholds: dict, setting: str) -> list[dict]:
@@ -302,8 +327,8 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
 
 
 def validation_markdown(calibration: StackCalibration) -> list[str]:
-    """The dynamic_gated calibration check: each member alone, the sum and the gated sum on the pooled validation splits."""
-    cols = ("single", "dynamic", "dynamic_gated")
+    """The dynamic_gated calibration check: each member alone, the sum, the gated sum and dynamic_agree on the pooled validation splits."""
+    cols = ("single", "dynamic", "dynamic_gated", "dynamic_agree")
     lines = ["", f"On the members' pooled validation splits (what dynamic_gated's threshold {fmt(calibration.threshold)} was "
              f"calibrated on; greedy first-token decisions), tag rate / false tag rate:", "",
              "| guardrail | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
