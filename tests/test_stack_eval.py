@@ -169,6 +169,13 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
             assert r["reply"] == by["dynamic"][i]["reply"]  # only disagreements are generated again
         tagged.append(r["tagged"])
     assert any(tagged) and not all(tagged)  # the threshold falls inside the test scores: both decisions are checked
+    # dynamic_agree alone fits nothing on the splits, but gets the same check where they exist
+    agree = stack_eval.run(cfg.model_copy(update={"methods": ["dynamic_agree"], "out_dir": str(tmp_path / "a")}))
+    amd = (agree.out_dir / "stack_table.md").read_text()
+    amet = json.loads((agree.out_dir / "stack_metrics.json").read_text())
+    assert "| guardrail | single | dynamic | dynamic_agree |" in amd and "threshold" not in amd.split("pooled validation")[1]
+    assert amet["validation"]["rates"] == metrics["validation"]["rates"]  # the same decisions on the same items
+    assert ("**Warning:** dynamic_agree keeps" in amd) == bool(amet["validation"]["misses"]) != ("dynamic_agree meets" in amd)
     with pytest.raises(PersonaguardError, match="validation.jsonl: missing; dynamic_gated needs"):
         stack_eval.run(cfg.model_copy(update={"val_data": {}, "out_dir": str(tmp_path / "g2")}))
     only_neutral = {g: str(tmp_path / f"n_{g}.jsonl") for g in val}
@@ -250,6 +257,7 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
                           max_new_tokens=4, batch_size=8, max_prompt_tokens=128, double_trigger=False)
     res = stack_eval.run(cfg)
     assert list(res.table["alpha"]) == ["none", "single", "dynamic", "dynamic_agree"]  # agree re-decides dynamic's replies
+    assert "pooled validation" not in (res.out_dir / "stack_table.md").read_text()  # no validation splits here: no check
     by = {}
     for x in (res.out_dir / "predictions.jsonl").read_text().splitlines():
         r = json.loads(x)

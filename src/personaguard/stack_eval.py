@@ -103,6 +103,10 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
     return items
 
 
+def _has_validation(cfg: StackEvalConfig) -> bool:
+    return all(Path(cfg.val_data.get(g) or Path(t).with_name("validation.jsonl")).is_file() for g, t in cfg.test_data.items())
+
+
 def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
     """The members' validation splits pooled (routed_joint and dynamic_gated calibrate on all of them)."""
     items = []
@@ -184,6 +188,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
         thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg, "routed_joint"),
                                                       cfg.max_prompt_tokens, tag, cfg.batch_size)
     stack_thr, calibration = None, None
+    checked = [m for m in ("dynamic_gated", "dynamic_agree") if m in cfg.methods]  # shown on the validation splits
     if "dynamic_gated" in cfg.methods:
         calibration = stack_calibration(model, tok, dict(zip(members, member_names)), validation_items(cfg, "dynamic_gated"),
                                         cfg.max_prompt_tokens, tag, cfg.batch_size)
@@ -191,6 +196,9 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
         if stack_thr is None:
             raise PersonaguardError("dynamic_gated: the members' validation splits need triggering and neutral items to calibrate "
                                     "the stack's gate on; regenerate with a validation split (generate.val_fraction)")
+    elif checked and _has_validation(cfg):  # dynamic_agree needs no calibration; the check runs where the splits exist
+        calibration = stack_calibration(model, tok, dict(zip(members, member_names)), validation_items(cfg, "dynamic_agree"),
+                                        cfg.max_prompt_tokens, tag, cfg.batch_size)
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
@@ -233,11 +241,11 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     result = {"meta": meta, "table": table, "double_trigger": dt,
               "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
     if calibration is not None:
-        result["validation"] = {"rates": calibration.validation, "misses": calibration.misses()}
+        result["validation"] = {"rates": calibration.validation, "misses": [m for c in checked for m in calibration.misses(c)]}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
-    write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"], calibration))
+    write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"], calibration, checked))
     return StackEvalResult(out, table, dt, merges)
 
 
@@ -287,7 +295,7 @@ def table_rows(table: dict[str, dict[str, dict]]) -> list[dict]:
 
 
 def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict],
-                   calibration: StackCalibration | None = None) -> str:
+                   calibration: StackCalibration | None = None, checked: list[str] = ("dynamic_gated",)) -> str:
     settings = _order(table)
     lines = ["# Stacked guardrails", "",
              "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.", "",
@@ -319,25 +327,34 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
                   "| setting | n | tag rate |", "|---|---|---|"]
         lines += [f"| {s} | {d['n']} | {fmt(d['tag_rate'])} |" for s, d in double.items()]
     if calibration is not None:
-        lines += validation_markdown(calibration)
+        lines += validation_markdown(calibration, checked)
     if merges:
         lines += ["", "| merge | rank | seconds (add_weighted_adapter) | seconds (total) |", "|---|---|---|---|"]
         lines += [f"| {m} | {i.get('rank')} | {fmt(i.get('merge_seconds'))} | {fmt(i.get('seconds'))} |" for m, i in merges.items()]
     return "\n".join(lines) + "\n"
 
 
-def validation_markdown(calibration: StackCalibration) -> list[str]:
-    """The dynamic_gated calibration check: each member alone, the sum, the gated sum and dynamic_agree on the pooled validation splits."""
-    cols = ("single", "dynamic", "dynamic_gated", "dynamic_agree")
-    lines = ["", f"On the members' pooled validation splits (what dynamic_gated's threshold {fmt(calibration.threshold)} was "
-             f"calibrated on; greedy first-token decisions), tag rate / false tag rate:", "",
+def validation_markdown(calibration: StackCalibration, checked: list[str] = ("dynamic_gated",)) -> list[str]:
+    """The check of the re-decided stacks in `checked` on the pooled validation splits: each member alone, the
+    sum and each of them side by side, and a warning for every member one of them misses the target for."""
+    cols = ("single", "dynamic", *checked)
+    fitted = (f"dynamic_gated's threshold {fmt(calibration.threshold)} was calibrated on them; "
+              if "dynamic_gated" in checked else "")
+    lines = ["", f"On the members' pooled validation splits ({fitted}greedy first-token decisions), tag rate / false tag rate:", "",
              "| guardrail | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for g, per in calibration.validation.items():
         lines.append(f"| {g} | " + " | ".join(f"{fmt(per[c]['tag_rate'])} / {fmt(per[c]['false_tag_rate'])}" for c in cols) + " |")
-    misses = calibration.misses()
-    lines += [""] + ([f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)." for m in misses]
-                     or [f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
+    lines.append("")
+    for setting in checked:
+        misses = calibration.misses(setting)
+        if misses:
+            lines += [f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)."
+                      for m in misses]
+        elif setting == "dynamic_gated":
+            lines.append(f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
                          f"at <= +{TARGET_FALSE} false tags); its threshold was chosen on these items, so no guarantee on new "
                          "data: replayed on saved test scores, a gate that passed on one half of the items passed on the other "
-                         "in 38 % of cases (docs/benchmarks.md)."])
+                         "in 38 % of cases (docs/benchmarks.md).")
+        else:
+            lines.append(f"{setting} meets the target on the validation splits (nothing was fitted on them).")
     return lines
