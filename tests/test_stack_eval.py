@@ -176,6 +176,12 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
     assert "| guardrail | single | dynamic | dynamic_agree |" in amd and "threshold" not in amd.split("pooled validation")[1]
     assert amet["validation"]["rates"] == metrics["validation"]["rates"]  # the same decisions on the same items
     assert ("**Warning:** dynamic_agree keeps" in amd) == bool(amet["validation"]["misses"]) != ("dynamic_agree meets" in amd)
+    both = stack_eval.run(cfg.model_copy(update={"methods": ["dynamic_agree", "dynamic_gated"], "out_dir": str(tmp_path / "b")}))
+    assert list(both.table["meeting"]) == ["none", "single", "dynamic_agree", "dynamic_gated"]  # the sum itself not reported
+    assert "| guardrail | single | dynamic | dynamic_gated | dynamic_agree |" in (both.out_dir / "stack_table.md").read_text()
+    with pytest.raises(PersonaguardError, match="gval_missing.jsonl: missing; dynamic_agree needs"):  # a named split must exist
+        stack_eval.run(cfg.model_copy(update={"methods": ["dynamic_agree"], "out_dir": str(tmp_path / "a2"),
+                                              "val_data": {g: str(tmp_path / "gval_missing.jsonl") for g in val}}))
     with pytest.raises(PersonaguardError, match="validation.jsonl: missing; dynamic_gated needs"):
         stack_eval.run(cfg.model_copy(update={"val_data": {}, "out_dir": str(tmp_path / "g2")}))
     only_neutral = {g: str(tmp_path / f"n_{g}.jsonl") for g in val}
@@ -183,6 +189,9 @@ def test_dynamic_gated_tags_where_the_sums_score_reaches_one_pooled_threshold(se
         write_jsonl_atomic(only_neutral[g], [r.model_copy(update={"id": f"n-{r.id}"}) for r in rows if r.label == "none"])
     with pytest.raises(PersonaguardError, match="need triggering and neutral items"):
         stack_eval.run(cfg.model_copy(update={"val_data": only_neutral, "out_dir": str(tmp_path / "g3")}))
+    unchecked = stack_eval.run(cfg.model_copy(update={"methods": ["dynamic_agree"], "val_data": only_neutral, "out_dir": str(tmp_path / "a3")}))
+    md = (unchecked.out_dir / "stack_table.md").read_text()
+    assert "dynamic_agree: not checked for politics, meeting" in md and "dynamic_agree meets" not in md
 
 
 def test_a_neutral_snapshot_in_several_members_test_files_counts_once(tmp_path):
@@ -201,7 +210,6 @@ def test_a_neutral_snapshot_in_several_members_test_files_counts_once(tmp_path):
     other = same.model_copy(update={"id": "meeting-n0", "persona": {"name": "Bo"}})  # another persona: another turn
     write_jsonl_atomic(tmp_path / "meeting.jsonl", [other])
     assert [s.id for s in shared_items(files, {"politics", "meeting", "none"}, 0)][-1] == "meeting-n0"
-
 
 
 @pytest.mark.parametrize("seed, flip", [(31, False), (33, True)])
@@ -247,9 +255,10 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
     real, given, member_votes = [], [], routing.member_votes
 
     def votes_seen(*args, **kwargs):
-        real[:] = member_votes(*args, **kwargs)
+        votes, seconds = member_votes(*args, **kwargs)
+        real[:] = votes
         given[:] = [v and not (flip and i % 2) for i, v in enumerate(real)]
-        return list(given)
+        return list(given), seconds
 
     monkeypatch.setattr(routing, "member_votes", votes_seen)
     cfg = StackEvalConfig(model=tiny_model_dir, adapters=adapters, test_data={g: str(tmp_path / f"{g}.jsonl") for g in test},
@@ -267,7 +276,7 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
     cases = set()
     for i, v in zip(ids, given):
         r, d = by["dynamic_agree"][i], by["dynamic"][i]
-        assert r["member_vote"] == v and r["guard_score"] == d["guard_score"]
+        assert r["member_vote"] == v and r["guard_score"] == d["guard_score"] and r["guard_seconds"] > d["guard_seconds"]
         assert r["tagged"] == (d["tagged"] and v)
         if r["tagged"] == d["tagged"]:
             assert r["reply"] == d["reply"]  # only a dropped tag is generated again

@@ -244,7 +244,7 @@ class StackEvalConfig(_Strict):
         "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (routing.py); "
         "others = personaguard merge --method.")
     val_data: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint and dynamic_gated (default: validation.jsonl "
+        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and dynamic_agree's check (default: validation.jsonl "
         "beside each test file, as `generate` writes them).")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")

@@ -159,14 +159,19 @@ def stack_calibration(
     return StackCalibration(thr, validation)
 
 
-def member_votes(model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16) -> list[bool]:
+def member_votes(
+    model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16,
+) -> tuple[list[bool], list[float]]:
     """Per prompt: whether at least one of the adapters named in `members` (all loaded on `model`), active
-    alone, would begin its greedy reply with the tag. One guard pass per member; the active set is restored."""
-    votes = [False] * len(prompts)
+    alone, would begin its greedy reply with the tag, and the seconds its guard passes took. One guard
+    pass per member; the active set is restored."""
+    votes, seconds = [False] * len(prompts), [0.0] * len(prompts)
     for m in members:
         with use_adapters(model, [m]):
-            votes = [v or g for v, g in zip(votes, guard_pass(model, tokenizer, prompts, tag, batch_size).greedy)]
-    return votes
+            p = guard_pass(model, tokenizer, prompts, tag, batch_size)
+        votes = [v or g for v, g in zip(votes, p.greedy)]
+        seconds = [a + b for a, b in zip(seconds, p.seconds)]
+    return votes, seconds
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:

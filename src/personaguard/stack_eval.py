@@ -16,8 +16,8 @@ political rally). All adapters and merged stacks sit on ONE base model and are s
 score, the one that meets the stacking target with the widest margin on all members' validation splits
 pooled (routing.stack_calibration); it re-decides the
 dynamic stack's replies, so only the items where the two disagree are generated again. The table also
-puts each member alone, the sum, the gated sum and dynamic_agree side by side on those validation
-splits, and says when the gated stack misses the target there.
+puts each member alone, the sum and the re-decided stacks asked for (dynamic_gated, dynamic_agree) side
+by side on those validation splits, and says when one misses the target there.
 
 `dynamic_agree` re-decides the dynamic stack's replies too: the tag stays only where at least one
 member alone would also tag (routing.member_votes, one guard pass per member), so the members' own
@@ -36,14 +36,14 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from tqdm import tqdm
 
 from .config import EvaluateConfig, StackEvalConfig, dump_yaml
 from .errors import PersonaguardError
 from .guardrails import get_guardrail
-from .metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag
+from .metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
 from .schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -103,15 +103,21 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
     return items
 
 
+def _validation_path(cfg: StackEvalConfig, g: str) -> Path:
+    return Path(cfg.val_data.get(g) or Path(cfg.test_data[g]).with_name("validation.jsonl"))
+
+
 def _has_validation(cfg: StackEvalConfig) -> bool:
-    return all(Path(cfg.val_data.get(g) or Path(t).with_name("validation.jsonl")).is_file() for g, t in cfg.test_data.items())
+    """Whether a check that needs no calibration should run: val_data given (a missing file is then an
+    error, raised by validation_items), or every member's default validation.jsonl present."""
+    return bool(cfg.val_data) or all(_validation_path(cfg, g).is_file() for g in cfg.test_data)
 
 
 def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
     """The members' validation splits pooled (routed_joint and dynamic_gated calibrate on all of them)."""
     items = []
-    for g, test in cfg.test_data.items():
-        path = Path(cfg.val_data.get(g) or Path(test).with_name("validation.jsonl"))
+    for g in cfg.test_data:
+        path = _validation_path(cfg, g)
         if not path.is_file():
             raise PersonaguardError(f"{path}: missing; {method} needs each member's validation split "
                                     f"(set val_data.{g}, or keep the validation.jsonl that generate writes beside test.jsonl)")
@@ -251,19 +257,20 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
 
 def agree_rows(summed: list[dict], model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, members: list[str]) -> list[dict]:
     """dynamic_agree's rows: the dynamic stack's (`summed`, every member active) with the tag kept only where
-    at least one member alone votes for it; `votes` records how many did."""
+    at least one member alone votes for it (`member_vote`). guard_score stays the sum's (so its AUROC is
+    dynamic's); guard_seconds adds the members' guard passes, the rule's cost."""
     from .inference import decided_replies
     from .prompt import prompt_ids
     from .routing import member_votes
     from .stack import use_adapters
 
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
-    votes = member_votes(model, tok, prompts, members, tag, cfg.batch_size)
+    votes, vote_seconds = member_votes(model, tok, prompts, members, tag, cfg.batch_size)
     want = [r["tagged"] and v for r, v in zip(summed, votes)]
     with use_adapters(model, members):
         replies = decided_replies(model, tok, prompts, want, tag, [r["reply"] for r in summed], cfg.max_new_tokens, cfg.batch_size)
-    return [{**r, "setting": "dynamic_agree", "reply": rep, "tagged": starts_with_tag(rep, tag), "member_vote": v}
-            for r, rep, v in zip(summed, replies, votes)]
+    return [{**r, "setting": "dynamic_agree", "reply": rep, "tagged": starts_with_tag(rep, tag), "member_vote": v,
+             "guard_seconds": r["guard_seconds"] + sec} for r, rep, v, sec in zip(summed, replies, votes, vote_seconds)]
 
 
 def routed_rows(model, tok, snaps: list[Snapshot], cfg: EvaluateConfig, tag: str, thresholds: dict, setting: str) -> list[dict]:
@@ -295,7 +302,7 @@ def table_rows(table: dict[str, dict[str, dict]]) -> list[dict]:
 
 
 def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict],
-                   calibration: StackCalibration | None = None, checked: list[str] = ("dynamic_gated",)) -> str:
+                   calibration: StackCalibration | None = None, checked: Sequence[str] = ("dynamic_gated",)) -> str:
     settings = _order(table)
     lines = ["# Stacked guardrails", "",
              "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.", "",
@@ -334,7 +341,7 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
     return "\n".join(lines) + "\n"
 
 
-def validation_markdown(calibration: StackCalibration, checked: list[str] = ("dynamic_gated",)) -> list[str]:
+def validation_markdown(calibration: StackCalibration, checked: Sequence[str] = ("dynamic_gated",)) -> list[str]:
     """The check of the re-decided stacks in `checked` on the pooled validation splits: each member alone, the
     sum and each of them side by side, and a warning for every member one of them misses the target for."""
     cols = ("single", "dynamic", *checked)
@@ -345,8 +352,11 @@ def validation_markdown(calibration: StackCalibration, checked: list[str] = ("dy
     for g, per in calibration.validation.items():
         lines.append(f"| {g} | " + " | ".join(f"{fmt(per[c]['tag_rate'])} / {fmt(per[c]['false_tag_rate'])}" for c in cols) + " |")
     lines.append("")
+    unchecked = [g for g, per in calibration.validation.items() if target_margin(per["single"], per["dynamic"]) is None]
     for setting in checked:
         misses = calibration.misses(setting)
+        if unchecked:
+            lines.append(f"{setting}: not checked for {', '.join(unchecked)} (no triggering or no neutral items in the validation splits).")
         if misses:
             lines += [f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)."
                       for m in misses]
@@ -355,6 +365,6 @@ def validation_markdown(calibration: StackCalibration, checked: list[str] = ("dy
                          f"at <= +{TARGET_FALSE} false tags); its threshold was chosen on these items, so no guarantee on new "
                          "data: replayed on saved test scores, a gate that passed on one half of the items passed on the other "
                          "in 38 % of cases (docs/benchmarks.md).")
-        else:
+        elif not unchecked:
             lines.append(f"{setting} meets the target on the validation splits (nothing was fitted on them).")
     return lines
