@@ -147,10 +147,8 @@ def stack_calibration(
     with use_adapters(model, list(members.values())):
         summed = guard_pass(model, tokenizer, prompts, tag, batch_size)
     labels = [s.label for s in snaps]
-    alone = {}
-    for g, name in members.items():
-        with use_adapters(model, [name]):
-            alone[g] = guard_pass(model, tokenizer, prompts, tag, batch_size).greedy
+    passes = alone_passes(model, tokenizer, prompts, list(members.values()), tag, batch_size)
+    alone = {g: passes[name].greedy for g, name in members.items()}
     thr = stack_gate_threshold(summed.scores, labels, alone)
     gated = [thr is not None and x >= thr for x in summed.scores]
     agree = [s and any(a[i] for a in alone.values()) for i, s in enumerate(summed.greedy)]  # dynamic_agree's decision
@@ -159,19 +157,24 @@ def stack_calibration(
     return StackCalibration(thr, validation)
 
 
+def alone_passes(model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16) -> dict:
+    """Each adapter named in `members` (all loaded on `model`) active alone: its guard pass over `prompts`.
+    The active set is restored."""
+    out = {}
+    for m in members:
+        with use_adapters(model, [m]):
+            out[m] = guard_pass(model, tokenizer, prompts, tag, batch_size)
+    return out
+
+
 def member_votes(
     model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16,
 ) -> tuple[list[bool], list[float]]:
     """Per prompt: whether at least one of the adapters named in `members` (all loaded on `model`), active
     alone, would begin its greedy reply with the tag, and the seconds its guard passes took. One guard
     pass per member; the active set is restored."""
-    votes, seconds = [False] * len(prompts), [0.0] * len(prompts)
-    for m in members:
-        with use_adapters(model, [m]):
-            p = guard_pass(model, tokenizer, prompts, tag, batch_size)
-        votes = [v or g for v, g in zip(votes, p.greedy)]
-        seconds = [a + b for a, b in zip(seconds, p.seconds)]
-    return votes, seconds
+    passes = list(alone_passes(model, tokenizer, prompts, members, tag, batch_size).values())
+    return [any(p.greedy[i] for p in passes) for i in range(len(prompts))], [sum(p.seconds[i] for p in passes) for i in range(len(prompts))]
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:
@@ -193,11 +196,8 @@ def routed_replies(
 
     thresholds[m] = None: member m fires when its greedy reply would begin with the tag (the plain
     adapter's own decision); a number: when its guard score reaches it (gated decoding's decision)."""
-    passes = {}
     t0 = time.perf_counter()
-    for m in thresholds:
-        with use_adapters(model, [m]):
-            passes[m] = guard_pass(model, tokenizer, prompts, tag, batch_size)
+    passes = alone_passes(model, tokenizer, prompts, list(thresholds), tag, batch_size)
     g_sec = (time.perf_counter() - t0) / max(len(prompts), 1)
     per_item = [{m: passes[m].scores[i] for m in thresholds} for i in range(len(prompts))]
     routes = [route(per_item[i], thresholds, {m: passes[m].greedy[i] for m in thresholds}) for i in range(len(prompts))]
