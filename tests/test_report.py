@@ -43,6 +43,20 @@ def test_plots_are_written(run_dir):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
 
 
+def test_a_variation_gets_its_own_plots_and_examples(run_dir):
+    """Variations of one guardrail share its name and the test split's name: nothing may be overwritten or merged."""
+    import shutil
+
+    var = run_dir / "eval" / "politics_fixed_character" / "test"
+    shutil.copytree(run_dir / "eval" / "politics" / "test", var)
+    (var / "metrics.json").write_text(json.dumps({"meta": {"guardrail": "politics"}, "settings": {}}))
+    names = {p.name for p in plot.run(run_dir)}
+    assert {"scores_politics_test.png", "scores_politics_fixed_character_test.png"} <= names
+    md = report.run(run_dir)[0].read_text()
+    assert "### politics / test / adapter / triggering" in md
+    assert "### politics_fixed_character / test / adapter / triggering" in md
+
+
 def test_report_html_is_self_contained_and_escaped(run_dir):
     md, page = report.run(run_dir)
     text = page.read_text()

@@ -44,7 +44,8 @@ def _examples(run_dir: Path, limit: int = 5) -> list[tuple[str, list[dict]]]:
                 good = [p for p in items if p["tagged"] == want][: (limit + 1) // 2]
                 bad = [p for p in items if p["tagged"] != want][: limit - len(good)]
                 if good or bad:
-                    out.append((f"{guardrail} / {pfile.parent.name} / {setting} / {title}", good + bad))
+                    # the adapter's folder name (= the summary's rows), not the guardrail: variations share it
+                    out.append((f"{pfile.parent.parent.name} / {pfile.parent.name} / {setting} / {title}", good + bad))
     return out
 
 
