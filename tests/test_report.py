@@ -57,6 +57,17 @@ def test_a_variation_gets_its_own_plots_and_examples(run_dir):
     assert "### politics_fixed_character / test / adapter / triggering" in md
 
 
+def test_jointly_trained_members_are_one_training_curve(run_dir):
+    import shutil
+
+    for name in ("meeting", "expert_opinion"):  # joint training leaves a copy of the joint run's metrics.csv in each
+        shutil.copytree(run_dir / "adapters" / "politics", run_dir / "adapters" / name)
+    alone = run_dir / "adapters" / "politics_semi_fixed"
+    alone.mkdir()
+    (alone / "metrics.csv").write_text("step,loss\n1,2.0\n")
+    assert set(plot.training_runs(run_dir)) == {"expert_opinion + meeting + politics (joint)", "politics_semi_fixed"}
+
+
 def test_report_html_is_self_contained_and_escaped(run_dir):
     md, page = report.run(run_dir)
     text = page.read_text()

@@ -29,14 +29,23 @@ def _floats(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def training_runs(run_dir: Path) -> dict[str, Path]:
+    """Legend name -> metrics.csv of every training run. Jointly trained members share one run (each folder
+    holds a copy of its metrics.csv): named once with all their names, so no curve hides under another."""
+    runs: dict[bytes, list[Path]] = {}
+    for path in sorted(run_dir.glob("adapters/*/metrics.csv")):
+        runs.setdefault(path.read_bytes(), []).append(path)
+    return {" + ".join(p.parent.name for p in paths) + (" (joint)" if len(paths) > 1 else ""): paths[0]
+            for paths in runs.values()}
+
+
 def training_curves(run_dir: Path, out: Path) -> Path | None:
-    csvs = sorted(run_dir.glob("adapters/*/metrics.csv"))
-    if not csvs:
+    runs = training_runs(run_dir)
+    if not runs:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for path in csvs:
+    for name, path in runs.items():
         rows = list(csv.DictReader(path.open(encoding="utf-8")))
-        name = path.parent.name
         for ax, key in zip(axes, ("loss", "nll", "or_loss")):
             xs, ys = _floats(rows, key)
             (line,) = ax.plot(xs, ys, label=name)
@@ -66,6 +75,8 @@ def _eval_dirs(run_dir: Path) -> list[Path]:
 
 
 def detection_bars(run_dir: Path, out: Path) -> Path | None:
+    """Tag rate and false tag rate of every adapter / test split / setting, one row each (horizontal: a grid
+    run has dozens of rows, whose labels overlap as columns)."""
     dirs = _eval_dirs(run_dir)
     if not dirs:
         return None
@@ -73,23 +84,24 @@ def detection_bars(run_dir: Path, out: Path) -> Path | None:
     for d in dirs:
         settings = json.loads((d / "metrics.json").read_text(encoding="utf-8"))["settings"]
         for setting, m in settings.items():
-            labels.append(f"{d.parent.name}\n{d.name}\n{setting}")
+            labels.append(f"{d.parent.name} / {d.name} / {setting}")
             for key in ("tag_rate", "false_tag_rate"):
                 val = m.get(key)
                 std = m.get(f"{key}_std", 0.0) or 0.0
                 series.setdefault(key, []).append((val if val is not None else 0.0, std))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
-    width = 0.38
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.8 + 0.32 * len(labels))))
+    height = 0.4
     for k, (key, vals) in enumerate(series.items()):
-        xs = [i + (k - 0.5) * width for i in range(len(labels))]
-        ax.bar(xs, [v for v, _ in vals], width, yerr=[s for _, s in vals], capsize=3, label=key.replace("_", " "))
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate")
+        ys = [i + (k - 0.5) * height for i in range(len(labels))]
+        ax.barh(ys, [v for v, _ in vals], height, xerr=[s for _, s in vals], capsize=2, label=key.replace("_", " "))
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()  # first row on top, in the summary's order
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("rate")
     ax.set_title("Detection: tag rate on triggering vs. false tag rate on neutral")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     dest = out / "detection_bars.png"
     fig.savefig(dest, dpi=110)
