@@ -100,7 +100,7 @@ def detection_bars(run_dir: Path, out: Path) -> Path | None:
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("rate")
     ax.set_title("Detection: tag rate on triggering vs. false tag rate on neutral")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a bar
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     dest = out / "detection_bars.png"
