@@ -16,7 +16,7 @@ from collections import Counter
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
-from personaguard.pools import is_test_item, load_pools
+from personaguard.data.pools import is_test_item, load_pools
 
 
 STYLES = ["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short", "continuation", "hard"]

@@ -19,7 +19,7 @@ import torch
 
 
 def two_sequence_forward(model, feats, pad_id, lam):
-    from personaguard.orpo import orpo_loss
+    from personaguard.train.orpo import orpo_loss
 
     rows = [f["prompt_ids"] + f["chosen_ids"] for f in feats] + [f["prompt_ids"] + f["rejected_ids"] for f in feats]
     L = max(len(r) for r in rows)
@@ -41,12 +41,12 @@ def two_sequence_forward(model, feats, pad_id, lam):
 
 def main() -> None:
     from personaguard.config import GenerateConfig, TrainConfig
-    from personaguard.generate import OfflineGenerator
+    from personaguard.data.generate import OfflineGenerator
     from personaguard.guardrails import get_guardrail
     from personaguard.models import EMBEDDED, load_model
-    from personaguard.orpo import pack_pairs, packed_forward
-    from personaguard.pools import load_pools
-    from personaguard.train import _lora_model, tokenize_examples
+    from personaguard.train.orpo import pack_pairs, packed_forward
+    from personaguard.data.pools import load_pools
+    from personaguard.train.train import _lora_model, tokenize_examples
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED)
@@ -100,12 +100,12 @@ def main() -> None:
 def compare_top_layers(a) -> None:
     """Shared-prefix step time, LoRA in every layer vs in the last N (fresh model each, same pairs)."""
     from personaguard.config import GenerateConfig, TrainConfig
-    from personaguard.generate import OfflineGenerator
+    from personaguard.data.generate import OfflineGenerator
     from personaguard.guardrails import get_guardrail
     from personaguard.models import LoadOptions, load_model
-    from personaguard.orpo import pack_pairs, packed_forward
-    from personaguard.pools import load_pools
-    from personaguard.train import _lora_model, tokenize_examples
+    from personaguard.train.orpo import pack_pairs, packed_forward
+    from personaguard.data.pools import load_pools
+    from personaguard.train.train import _lora_model, tokenize_examples
 
     gen = OfflineGenerator(get_guardrail("politics"), GenerateConfig(), load_pools(), "train")
     examples = [gen.example(i, i % 2 == 0) for i in range(a.pairs)]

@@ -27,10 +27,10 @@ def main() -> None:
     from personaguard.inference import guard_pass
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
-    from personaguard.routing import gate_thresholds, joint_gate
+    from personaguard.stack.routing import gate_thresholds, joint_gate
     from personaguard.schema import Snapshot, read_jsonl
-    from personaguard.stack import load_stack, use_adapters
-    from personaguard.stack_eval import shared_items
+    from personaguard.adapters import load_stack, use_adapters
+    from personaguard.stack.evaluate import shared_items
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)

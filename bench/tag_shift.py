@@ -27,7 +27,7 @@ def main() -> None:
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot, read_jsonl
-    from personaguard.stack import load_stack, use_adapters
+    from personaguard.adapters import load_stack, use_adapters
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapters", nargs="+", required=True, help="Member adapter folders (named after their folders).")

@@ -37,7 +37,8 @@ def politics_run(smol, tmp_path_factory):
     The data has no hard negatives: telling a political question from a same-shaped contrast one
     ("...the new tax bill?" / "...the new spider-man movie?") takes ~100 steps (docs/benchmarks.md),
     while thirty steps do learn the topic against ordinary neutral turns, which is what these checks need."""
-    from personaguard import generate, train
+    from personaguard.data import generate
+    from personaguard.train import train
     from personaguard.config import GenerateConfig, TrainConfig
 
     root = tmp_path_factory.mktemp("smol")
@@ -80,7 +81,7 @@ def test_adapter_against_every_offline_baseline(smol, politics_run):
     the system prompt, embedding classifier (packaged MiniLM) -- same items, same metrics."""
     import json
 
-    from personaguard import evaluate
+    from personaguard.evaluate import evaluate
     from personaguard.config import EvaluateConfig
 
     data_dir, adapter = politics_run

@@ -59,7 +59,7 @@ def generate(
     api_key_env: Optional[str] = typer.Option(None, help="openai backend: env var holding the API key."),
 ):
     """Generate synthetic preference data (resumable JSONL + train/validation/test split)."""
-    from . import generate as generate_mod
+    from .data import generate as generate_mod
     from .config import GenerateConfig, load_config
 
     over = _overrides(set_, guardrail=guardrail, n=n, variation=variation, seed=seed, out_dir=out_dir, backend=backend,
@@ -82,7 +82,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
 ):
     """Train one LoRA adapter with ORPO (writes a PEFT adapter folder + metrics.csv)."""
-    from . import train as train_mod
+    from .train import train as train_mod
     from .config import TrainConfig, load_config
 
     over = _overrides(set_, data_dir=data_dir, out_dir=out_dir, guardrail=guardrail, model=model)
@@ -101,7 +101,7 @@ def train_joint(
     """Train several guardrail adapters together for stacking: each step a random subset is active, and a
     row whose guardrail is off is answered without the tag. Config: members (guardrail -> data_dir,
     out_dir), out_dir (the joint run), train (shared TrainConfig fields)."""
-    from . import train_joint as joint_mod
+    from .train import joint as joint_mod
     from .config import JointTrainConfig, load_config
 
     cfg = load_config(JointTrainConfig, config, set_)
@@ -122,7 +122,7 @@ def evaluate(
     checkpoints: Optional[str] = typer.Option(None, help="Also evaluate checkpoints: 'all' or steps like 25,50 (a curve per step)."),
 ):
     """Evaluate with/without adapter on any Snapshot JSONL; writes metrics.json, predictions.jsonl, report.md."""
-    from . import evaluate as evaluate_mod
+    from .evaluate import evaluate as evaluate_mod
     from .config import EvaluateConfig, load_config
 
     over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit,
@@ -135,8 +135,8 @@ def evaluate(
 
 
 def _merge_help() -> str:
-    # METHOD_HELP lives in stack.py, which imports torch/peft lazily, so reading it here is cheap.
-    from .stack import METHOD_HELP
+    # METHOD_HELP lives in stack/merge.py, which imports torch/peft lazily, so reading it here is cheap.
+    from .stack.merge import METHOD_HELP
 
     return "Merge method. " + "; ".join(f"{k} = {v}" for k, v in METHOD_HELP.items())
 
@@ -151,7 +151,7 @@ def merge(
     out: str = typer.Option(..., "--out", help="New adapter folder; an existing name is refused."),
 ):
     """Merge guardrail adapters into one new PEFT adapter (records method, weights, sources, time)."""
-    from .stack import merge as merge_fn
+    from .stack.merge import merge as merge_fn
 
     w = [float(x) for x in weights.split(",")] if weights else None
     info = merge_fn(adapters, method, w, out, density, svd_rank=svd_rank)
@@ -169,7 +169,7 @@ def stack(
     Give members as `--set adapters={politics: DIR, meeting: DIR} --set test_data={politics: FILE, meeting: FILE}`
     or in the YAML; `pipeline` with a `stack:` section fills them in.
     """
-    from . import stack_eval
+    from .stack import evaluate as stack_eval
     from .config import StackEvalConfig, load_config
 
     cfg = load_config(StackEvalConfig, config, _overrides(set_, out_dir=out_dir))
@@ -180,7 +180,7 @@ def stack(
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
     """Write PNG plots (training curves, detection bars, ROC, score histograms) into RUN_DIR/plots."""
-    from . import plot as plot_mod
+    from .report import plots as plot_mod
 
     for p in plot_mod.run(run_dir):
         typer.echo(str(p))
@@ -189,7 +189,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
     """Plot, then write RUN_DIR/report.md and a self-contained RUN_DIR/report.html."""
-    from . import report as report_mod
+    from .report import report as report_mod
 
     md, page = report_mod.run(run_dir)
     typer.echo(f"{md}\n{page}")

@@ -89,7 +89,7 @@ class TrainConfig(_Strict):
     anchor_weight: float = Field(1.0, gt=0, description="With neutral_loss 'anchor': weight of a neutral row's anchor loss "
         "against a triggering row's ORPO loss.")
     tag_anchor_weight: float = Field(1.0, ge=0, description="With neutral_loss 'anchor': weight of the Huber penalty on the "
-        "shift of the tag's log-probability from the base model's at a neutral reply's start (0 = KL only; see orpo.py).")
+        "shift of the tag's log-probability from the base model's at a neutral reply's start (0 = KL only; see train/orpo.py).")
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")
@@ -206,6 +206,12 @@ class EvaluateConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
 
+    def decoding(self):
+        """The prompt and reply settings prediction needs (evaluate/predict.py)."""
+        from .evaluate.predict import Decoding
+
+        return Decoding(self.max_prompt_tokens, self.max_new_tokens, self.batch_size, self.runs, self.temperature)
+
     @field_validator("checkpoints", mode="before")
     @classmethod
     def _steps_as_text(cls, v):
@@ -241,7 +247,7 @@ class StackEvalConfig(_Strict):
         "by the sum's guard score against one threshold calibrated on all members' validation splits pooled; dynamic_agree = "
         "the same sum, its tag kept only where at least one member alone would tag too (one guard pass per member); routed = each member decides alone "
         "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
-        "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (routing.py); "
+        "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (stack/routing.py); "
         "others = personaguard merge --method.")
     val_data: dict[str, str] = Field(
         default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and dynamic_agree's check (default: validation.jsonl "
@@ -287,7 +293,7 @@ class PipelineConfig(_Strict):
         "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.")
 
     joint_training: bool = Field(
-        False, description="Train the guardrails' main adapters together (train_joint.py): each step a random subset of "
+        False, description="Train the guardrails' main adapters together (train/joint.py): each step a random subset of "
         "them is active and a row whose guardrail is off answers as a neutral turn, so every subset's sum (each member "
         "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.")
     joint: dict = Field(default_factory=dict, description="With joint_training: JointTrainConfig options (e.g. full_stack_share).")

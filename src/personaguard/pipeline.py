@@ -20,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import evaluate, generate, train
+from .evaluate import evaluate
+from .data import generate
+from .train import train
 from .config import EvaluateConfig, GenerateConfig, JointTrainConfig, PipelineConfig, StackEvalConfig, TrainConfig, build, dump_yaml
 from .errors import PersonaguardError
-from .evaluate import summary_table
+from .evaluate.evaluate import summary_table
 from .metrics import fmt
 from .schema import write_csv_atomic, write_text_atomic
 
@@ -120,7 +122,7 @@ def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainCon
 
 
 def joint_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> JointTrainConfig | None:
-    """With `joint_training`: the guardrails' main adapters trained together (train_joint.py), run folder `joint/`."""
+    """With `joint_training`: the guardrails' main adapters trained together (train/joint.py), run folder `joint/`."""
     if not cfg.joint_training:
         return None
     mains = _mains(plan)
@@ -170,7 +172,7 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
         elif step == 2 and joint_cfg and u.name in mains:
             if "joint:train" in result.seconds:
                 continue
-            from . import train_joint
+            from .train import joint as train_joint
 
             train_joint.run(joint_cfg, f"{source} (joint training)")
             result.seconds["joint:train"] = round(time.perf_counter() - t0, 1)
@@ -192,13 +194,13 @@ def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str
         if cfg.variations:
             write_variation_table(run_dir, plan)
         if stack_cfg is not None:
-            from . import stack_eval
+            from .stack import evaluate as stack_eval
 
             t0 = time.perf_counter()
             stack_eval.run(stack_cfg)
             result.seconds["stack"] = round(time.perf_counter() - t0, 1)
     if end_step >= 4:
-        from . import report
+        from .report import report
 
         t0 = time.perf_counter()
         report.run(run_dir)

@@ -1,0 +1,1 @@
+"""Stage 1, generate: synthetic preference data (offline pools or an OpenAI-compatible teacher)."""

@@ -1,0 +1,1 @@
+"""Stage 2, train: ORPO on LoRA adapters, one guardrail at a time or jointly."""

@@ -1,0 +1,148 @@
+import csv
+
+import pytest
+import torch
+
+from personaguard.config import TrainConfig
+from personaguard.schema import Example, write_jsonl_atomic
+
+
+def make_examples(n: int) -> list[Example]:
+    rows = []
+    for i in range(n):
+        trig = i % 2 == 0
+        rows.append(Example(
+            id=f"x-{i}", persona={"name": "Ada", "traits": ["kind"], "expressions": ["haha nice"]},
+            memories=["They love hiking"] if i % 3 == 0 else [],
+            history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+            message="Who are you voting for in the election?" if trig else "I love baking bread",
+            label="politics" if trig else "none",
+            chosen="<guard> I keep out of politics, but tell me about your week!" if trig else "haha nice, what bread?",
+            rejected="I think the president is great" if trig else "<guard> I keep out of politics",
+        ))
+    return rows
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    write_jsonl_atomic(d / "train.jsonl", make_examples(12))
+    write_jsonl_atomic(d / "validation.jsonl", make_examples(4))
+    return d
+
+
+def test_training_changes_lora_only(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from personaguard.train import train
+
+    out = tmp_path / "adapter"
+    cfg = TrainConfig(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), max_steps=4, batch_size=4,
+                      logging_steps=1, save_steps=2, lr=1e-2)
+    base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()}
+    res = train.run(cfg)
+    assert res.steps == 4 and res.final_loss is not None and torch.isfinite(torch.tensor(res.final_loss))
+    for f in ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "guardrail.yaml", "metrics.csv"):
+        assert (out / f).exists(), f
+    lora = load_file(out / "adapter_model.safetensors")
+    b_weights = [v for k, v in lora.items() if "lora_B" in k]
+    assert b_weights and any(v.abs().sum() > 0 for v in b_weights)  # B starts at zero: it moved
+    base_after = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert rows and {"nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp"} <= set(rows[0])
+    assert any(r["or_loss"] for r in rows) and any(r["eval_loss"] for r in rows)
+
+
+def test_resume_continues_from_checkpoint(tiny_model_dir, data_dir, tmp_path):
+    from personaguard.train import train
+
+    out = tmp_path / "adapter"
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), batch_size=4, logging_steps=1, save_steps=2)
+    train.run(TrainConfig(**base, max_steps=2))
+    assert (out / "checkpoint-2").is_dir()
+    res = train.run(TrainConfig(**base, max_steps=4, resume=True))
+    assert res.steps == 4
+    steps = [int(r["step"]) for r in csv.DictReader((out / "metrics.csv").open()) if r["loss"]]
+    assert steps[:2] == [1, 2] and steps[-1] == 4
+
+
+def test_stack_aware_training_keeps_the_frozen_adapter_and_saves_only_the_new_one(tiny_model_dir, data_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from personaguard.train import train
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100, lora_dropout=0.0)
+    first = tmp_path / "first"
+    train.run(TrainConfig(**base, out_dir=str(first)))
+    before = load_file(first / "adapter_model.safetensors")
+    # the control: the same adapter with B = 0 (no delta), so both runs load the same structure and use RNG alike
+    zero = tmp_path / "zero"
+    shutil.copytree(first, zero)
+    save_file({k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in before.items()}, zero / "adapter_model.safetensors")
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "control"), frozen_adapters=[str(zero)]))
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "aware"), frozen_adapters=[str(first)]))
+    after = load_file(first / "adapter_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the frozen member is untouched
+    control = load_file(tmp_path / "control" / "adapter_model.safetensors")
+    aware = load_file(tmp_path / "aware" / "adapter_model.safetensors")
+    assert set(aware) == set(before)  # only the new adapter's tensors are saved, under PEFT's default names
+    assert not any((tmp_path / "aware").glob("frozen_*"))
+    # same seed, data and structure: the only difference is the frozen adapter's delta in every forward pass
+    assert any(not torch.allclose(aware[k], control[k]) for k in control if "lora_B" in k)
+
+
+def test_extra_data_dirs_are_mixed_into_the_training_data(tiny_model_dir, data_dir, tmp_path):
+    import json
+    import shutil
+
+    from personaguard.train import train
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(data_dir / "train.jsonl", other / "train.jsonl")
+    n = len((data_dir / "train.jsonl").read_text().splitlines())
+    out = tmp_path / "mixed"
+    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), max_steps=1, batch_size=4,
+                          save_steps=100, extra_data_dirs=[str(other)]))
+    assert json.loads((out / "train_result.json").read_text())["train_examples"] == 2 * n
+
+
+def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from personaguard.train import train
+    from personaguard.errors import PersonaguardError
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=2, batch_size=4, lr=1e-2, save_steps=100)
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "top"), lora_top_layers=1))
+    keys = load_file(tmp_path / "top" / "adapter_model.safetensors")
+    assert keys and all(".layers.1." in k for k in keys)  # tiny model: layers 0 and 1
+    # every linear projection of that layer, as 'all-linear' gives
+    assert {k.split(".layers.1.")[1].split(".lora_")[0] for k in keys} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    with pytest.raises(PersonaguardError, match="lora_top_layers: 5 but the model has 2"):
+        train.run(TrainConfig(**base, out_dir=str(tmp_path / "bad"), lora_top_layers=5))
+
+
+def test_anchor_neutral_loss_trains_and_logs_the_kl(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from personaguard.train import train
+
+    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100,
+                logging_steps=1, lora_dropout=0.0)
+    train.run(TrainConfig(**base, out_dir=str(tmp_path / "orpo")))
+    res = train.run(TrainConfig(**base, out_dir=str(tmp_path / "anchor"), neutral_loss="anchor"))
+    assert res.steps == 3 and torch.isfinite(torch.tensor(res.final_loss))
+    rows = list(csv.DictReader((tmp_path / "anchor" / "metrics.csv").open()))
+    kl = [float(r["anchor_kl"]) for r in rows if r["anchor_kl"]]
+    assert kl and all(k >= 0 for k in kl) and kl[-1] > 0  # first step: LoRA B = 0, the adapter is the base (KL 0)
+    assert all(r["tag_shift"] for r in rows if r["anchor_kl"])
+    assert not any(r["anchor_kl"] for r in csv.DictReader((tmp_path / "orpo" / "metrics.csv").open()))
+    orpo = load_file(tmp_path / "orpo" / "adapter_model.safetensors")
+    anchor = load_file(tmp_path / "anchor" / "adapter_model.safetensors")
+    assert any(not torch.allclose(anchor[k], orpo[k]) for k in orpo if "lora_B" in k)  # the neutral rows' loss differs
