@@ -208,7 +208,7 @@ class EvaluateConfig(_Strict):
 
     def decoding(self):
         """The prompt and reply settings prediction needs (evaluate/predict.py)."""
-        from .evaluate.predict import Decoding
+        from .inference import Decoding
 
         return Decoding(self.max_prompt_tokens, self.max_new_tokens, self.batch_size, self.runs, self.temperature)
 

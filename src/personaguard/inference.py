@@ -10,6 +10,17 @@ import time
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How prompts are cut and replies produced: the part of a stage config that prediction needs."""
+
+    max_prompt_tokens: int
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    runs: int = 1  # > 1 samples at `temperature`; 1 = greedy
+    temperature: float = 0.7
+
+
 def _device(model):
     return next(model.parameters()).device
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import PersonaguardError
 from ..schema import write_csv_atomic, write_text_atomic
-from .predict import Decoding
+from ..inference import Decoding
 
 CURVE_COLUMNS = ["step", "checkpoint", "tag_rate", "false_tag_rate", "precision", "recall", "f1", "auroc",
                  "mean_guard_score_triggering", "mean_guard_score_neutral"]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..config import EvaluateConfig, dump_yaml
 from ..guardrails import get_guardrail, registry
 from ..metrics import GROUP_FIELDS, detection_metrics, fmt, read_gate, starts_with_tag
-from .predict import Decoding, gate_rows, group_fields, load_eval_model, predict
+from .predict import gate_rows, group_fields, load_eval_model, predict
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 

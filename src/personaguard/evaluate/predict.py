@@ -7,21 +7,9 @@ Usage:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..inference import Decoding
 from ..metrics import GROUP_FIELDS, starts_with_tag
 from ..schema import Snapshot
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How prompts are cut and replies produced: the part of a stage config that prediction needs."""
-
-    max_prompt_tokens: int
-    max_new_tokens: int = 40
-    batch_size: int = 16
-    runs: int = 1  # > 1 samples at `temperature`; 1 = greedy
-    temperature: float = 0.7
 
 
 def load_eval_model(model_name: str, adapter: str | None, opts):

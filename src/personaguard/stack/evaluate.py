@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Sequence
 from tqdm import tqdm
 
 from ..config import StackEvalConfig, dump_yaml
-from ..evaluate.predict import Decoding
+from ..inference import Decoding
 from ..errors import PersonaguardError
 from ..guardrails import get_guardrail
 from ..metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
