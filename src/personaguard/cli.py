@@ -1,11 +1,14 @@
 """`personaguard` command line: thin shims over each stage's `run(config)`.
 
-Every command takes `--config FILE.yaml` and `--set key=value` overrides; problems print one
-`error: ...` line and exit with status 2. Heavy libraries load only inside commands.
+Every command takes `--config FILE.yaml` and `--set key=value` overrides; problems (bad config,
+bad data, usage errors) print one `error: ...` line and exit with status 2, an interrupt exits 130;
+`--debug` anywhere on the line shows the traceback and library warnings instead. Heavy libraries
+load only inside commands, so `personaguard --help` does not import torch.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +17,16 @@ import typer
 
 from .errors import PersonaguardError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Behavioural guardrails for persona LLMs as LoRA adapters.")
+START_HERE = """Behavioural guardrails for persona LLMs as LoRA adapters.
+
+Start here: `personaguard pipeline --config configs/quickstart.yaml` trains and evaluates the
+politics guardrail on the embedded model and writes runs/quickstart/report.html. Every command
+takes --config FILE.yaml and --set key=value; `personaguard config show STAGE` lists a stage's
+fields. Add --debug to see tracebacks."""
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=START_HERE)
+config_app = typer.Typer(no_args_is_help=True, help="Show the fields of each stage's config, or write the reference page.")
+app.add_typer(config_app, name="config")
 guardrails_app = typer.Typer(no_args_is_help=True, help="List, show and add guardrail definitions.")
 app.add_typer(guardrails_app, name="guardrails")
 
@@ -42,6 +54,8 @@ def pipeline(
     if res.metrics:
         typer.echo((res.run_dir / "summary.md").read_text(encoding="utf-8"))
     typer.echo(f"run folder: {res.run_dir}")
+    if (res.run_dir / "report.html").is_file():
+        typer.echo(f"report: {res.run_dir / 'report.html'}")
 
 
 @app.command()
@@ -113,10 +127,10 @@ def train_joint(
 def evaluate(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    data: Optional[str] = typer.Option(None, help="Snapshot JSONL file."),
-    adapter: Optional[str] = typer.Option(None, help="PEFT adapter folder."),
-    guardrail: Optional[str] = typer.Option(None, help="Guardrail whose label is triggering."),
-    model: Optional[str] = typer.Option(None, help="Base model."),
+    data: Optional[str] = typer.Option(None, help="Snapshot JSONL file, or a packaged set: real-chats-v1."),
+    adapter: Optional[str] = typer.Option(None, help="Adapter folder; it supplies the guardrail, base model and prompt length."),
+    guardrail: Optional[str] = typer.Option(None, help="Guardrail whose label is triggering (needed without --adapter)."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's)."),
     out_dir: Optional[str] = typer.Option(None, help="Output folder."),
     limit: Optional[int] = typer.Option(None, help="Evaluate at most N items."),
     checkpoints: Optional[str] = typer.Option(None, help="Also evaluate checkpoints: 'all' or steps like 25,50 (a curve per step)."),
@@ -127,8 +141,9 @@ def evaluate(
 
     over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit,
                       checkpoints=f"[{checkpoints}]" if checkpoints else None)
-    if adapter is None and not any(s.startswith("adapter=") for s in over) and config is None:
-        over.append("settings=[none]")
+    given = {s.split("=", 1)[0].strip() for s in over}
+    if adapter is None and "adapter" not in given and "settings" not in given and config is None:
+        over.insert(0, "settings=[none]")  # without an adapter only the base model can answer; explicit settings win
     cfg = load_config(EvaluateConfig, config, over)
     res = evaluate_mod.run(cfg)
     typer.echo((res.out_dir / "report.md").read_text(encoding="utf-8").split("## Tag rate")[0])
@@ -153,22 +168,29 @@ def merge(
     """Merge guardrail adapters into one new PEFT adapter (records method, weights, sources, time)."""
     from .stack.merge import merge as merge_fn
 
-    w = [float(x) for x in weights.split(",")] if weights else None
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError:
+        raise PersonaguardError(f"--weights {weights!r}: expected numbers separated by commas, e.g. 1,0.5") from None
     info = merge_fn(adapters, method, w, out, density, svd_rank=svd_rank)
     typer.echo(f"merged {len(adapters)} adapters with {method} into {out} in {info['seconds']:.1f}s")
 
 
-@app.command()
+def _stack_help() -> str:
+    from .config import STACK_METHOD_HELP  # pydantic and yaml only, no torch
+
+    methods = "\n".join(f"  {k}: {v}" for k, v in STACK_METHOD_HELP.items())
+    return ("Evaluate guardrails stacked: no adapter, each single and every method on one shared item set.\n\n"
+            "Members go in the YAML (`adapters:` guardrail -> adapter folder, `test_data:` guardrail -> test JSONL); "
+            "`pipeline` with a `stack:` section fills them in.\n\nMethods (`methods:` in the YAML):\n\n\b\n" + methods)
+
+
+@app.command(help=_stack_help())
 def stack(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     out_dir: Optional[str] = typer.Option(None, help="Output folder (merged adapters, stack_metrics.json, stack_table.md/csv)."),
 ):
-    """Evaluate guardrails stacked: none / each single / dynamic / merges on one shared item set.
-
-    Give members as `--set adapters={politics: DIR, meeting: DIR} --set test_data={politics: FILE, meeting: FILE}`
-    or in the YAML; `pipeline` with a `stack:` section fills them in.
-    """
     from .stack import evaluate as stack_eval
     from .config import StackEvalConfig, load_config
 
@@ -230,22 +252,89 @@ def guardrails_add(file: Path):
     typer.echo(f"added {add_guardrail(file)}")
 
 
+@config_app.command("show")
+def config_show(stage: str = typer.Argument(..., help="pipeline | generate | train | train-joint | evaluate | stack")):
+    """Print every field of STAGE's config with its default and description."""
+    from .config import STAGE_CONFIGS, fields_table
+
+    if stage not in STAGE_CONFIGS:
+        raise PersonaguardError(f"config show: unknown stage {stage!r}; choose one of {', '.join(STAGE_CONFIGS)}")
+    typer.echo(fields_table(STAGE_CONFIGS[stage]))
+
+
+@config_app.command("docs")
+def config_docs(out: Optional[Path] = typer.Option(None, "--out", help="Write here (default: print).")):
+    """The configuration reference (docs/configuration.md), generated from the field descriptions."""
+    from .config import configuration_markdown
+    from .schema import write_text_atomic
+
+    page = configuration_markdown()
+    if out is None:
+        typer.echo(page, nl=False)
+    else:
+        write_text_atomic(out, page)
+        typer.echo(f"wrote {out}")
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """The exception class `name` from click and from typer's bundled copy (typer >= 0.12 may raise either)."""
+    import importlib
+
+    found = []
+    for mod in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:  # typer versions that use click itself have no bundled copy
+            cls = None
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def _quiet_libraries() -> None:
+    """Library FutureWarnings and deprecation notes are for us, not for a user running a command."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
+    else:
+        _quiet_libraries()
     try:
         app(standalone_mode=False)
     except PersonaguardError as exc:
+        if debug:
+            raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("interrupted: files written so far are kept; run the same command again to continue "
+                   "(generate resumes where it stopped; train continues with --resume)", err=True)
+        sys.exit(130)
     except typer.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:
+        if isinstance(exc, _click_classes("Abort")):  # Ctrl-C at a prompt
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        if isinstance(exc, _click_classes("Exit")):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+        if isinstance(exc, _click_classes("NoArgsIsHelpError")):
+            sys.exit(2)  # the help was printed already
+        if isinstance(exc, _click_classes("ClickException")) and not debug:
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(2 if isinstance(exc, _click_classes("UsageError")) else exc.exit_code)
         raise
 
 

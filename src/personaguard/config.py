@@ -17,15 +17,18 @@ from .guardrails import format_validation_error
 from .models import EMBEDDED
 
 Variation = Literal["vary_all", "fixed_character", "fixed_history", "semi_fixed"]
+# Prompts are cut to this many tokens (oldest history first) unless a training config says otherwise;
+# evaluation and stacking take the value an adapter was trained with from its folder.
+DEFAULT_MAX_PROMPT_TOKENS = 512
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class GenerateConfig(_Strict):
-    guardrail: str = Field("politics", description="Guardrail name or YAML path.")
-    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+class GenerateOptions(_Strict):
+    """What `generate` makes; the pipeline's `generate:` section (guardrail and folders are filled in)."""
+
     backend: Literal["offline", "openai"] = Field(
         "offline", description="Data source: 'offline' draws from the packaged pools; 'openai' asks an OpenAI-compatible endpoint."
     )
@@ -49,7 +52,6 @@ class GenerateConfig(_Strict):
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")
-    out_dir: str = Field("runs/data", description="Output folder; files go to {out_dir}/{guardrail}_{variation}/.")
     # backend 'openai' only; the fields below do not affect the offline backend
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None = api.openai.com).")
     llm_model: str = Field("gpt-4o-mini", min_length=1, description="Model name sent to the endpoint.")
@@ -60,18 +62,23 @@ class GenerateConfig(_Strict):
     request_budget: int = Field(0, ge=0, description="Stop cleanly after this many requests (0 = unlimited); run again to continue.")
 
     @model_validator(mode="after")
-    def _check(self) -> "GenerateConfig":
+    def _check(self) -> "GenerateOptions":
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
         return self
 
 
-class TrainConfig(_Strict):
-    model: str = Field(EMBEDDED, description="Base model: embedded name, local folder or HF id.")
-    guardrail: str = Field("politics", description="Guardrail name or YAML path (saved next to the adapter).")
+class GenerateConfig(GenerateOptions):
+    """`personaguard generate`: one guardrail's data set."""
+
+    guardrail: str = Field("politics", description="Guardrail name or YAML path.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
-    data_dir: str = Field(..., description="Folder with train.jsonl (and validation.jsonl) from `generate`.")
-    out_dir: str = Field(..., description="Adapter output folder (PEFT format).")
+    out_dir: str = Field("runs/data", description="Output folder; files go to {out_dir}/{guardrail}_{variation}/.")
+
+
+class TrainOptions(_Strict):
+    """How an adapter is trained; the pipeline's `train:` section and joint training's shared `train:`."""
+
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
@@ -96,7 +103,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Pairs per device step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of the steps.")
-    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (oldest history first).")
+    max_prompt_tokens: int = Field(DEFAULT_MAX_PROMPT_TOKENS, ge=16, description="Prompts are cut to this (oldest history "
+        "first); recorded in the adapter folder, so evaluation, stacking and serving cut prompts the same way.")
     max_reply_tokens: int = Field(64, ge=4, description="Chosen/rejected replies are cut to this.")
     logging_steps: int = Field(5, ge=1, description="Log (and write metrics.csv) every N steps.")
     eval_steps: int = Field(0, ge=0, description="Validation loss every N steps (0 = once per epoch).")
@@ -117,10 +125,20 @@ class TrainConfig(_Strict):
         "data (stack-aware training gives a chain member the earlier members' data, so it learns the whole stack's behaviour).")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> "TrainOptions":
         if self.load_in_4bit and self.device == "cpu":
             raise ValueError("load_in_4bit needs device 'cuda' or 'auto' on a GPU machine; set load_in_4bit: false on CPU")
         return self
+
+
+class TrainConfig(TrainOptions):
+    """`personaguard train`: one adapter for one guardrail."""
+
+    model: str = Field(EMBEDDED, description="Base model: embedded name, local folder or HF id.")
+    guardrail: str = Field("politics", description="Guardrail name or YAML path (saved next to the adapter).")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    data_dir: str = Field(..., description="Folder with train.jsonl (and validation.jsonl) from `generate`.")
+    out_dir: str = Field(..., description="Adapter output folder (PEFT format).")
 
 
 class JointMember(_Strict):
@@ -128,14 +146,9 @@ class JointMember(_Strict):
     out_dir: str = Field(..., description="Where this guardrail's PEFT adapter folder is written.")
 
 
-_PER_MEMBER = ("guardrail", "data_dir", "out_dir")
+class JointOptions(_Strict):
+    """How the members' steps are drawn; the pipeline's `joint:` section."""
 
-
-class JointTrainConfig(_Strict):
-    members: dict[str, JointMember] = Field(
-        ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more.")
-    out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
-    train: dict = Field(default_factory=dict, description="TrainConfig fields shared by every member (model, lr, epochs, ...).")
     full_stack_share: float = Field(
         0.0, ge=0, le=1, description="Share of steps with every member active; the steps that are neither these nor "
         "neutral_stack_share's draw uniformly from all non-empty subsets (0 = all subsets equally, each member alone included).")
@@ -145,26 +158,51 @@ class JointTrainConfig(_Strict):
         "extra tagged rows that full_stack_share adds.")
 
     @model_validator(mode="after")
-    def _check(self) -> "JointTrainConfig":
+    def _check(self) -> "JointOptions":
         if self.full_stack_share + self.neutral_stack_share > 1:
             raise ValueError(f"full_stack_share + neutral_stack_share: {self.full_stack_share} + "
                              f"{self.neutral_stack_share} is over 1; they are shares of the same steps")
+        return self
+
+
+class JointTrainConfig(JointOptions):
+    """`personaguard train-joint`: several members trained together for stacking."""
+
+    model: str = Field(EMBEDDED, description="Base model of every member: embedded name, local folder or HF id.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    members: dict[str, JointMember] = Field(
+        ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more.")
+    out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
+    train: TrainOptions = Field(default_factory=TrainOptions, description="Training options shared by every member (lr, epochs, ...).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_only(cls, data):
+        train = data.get("train") if isinstance(data, dict) else None
+        if isinstance(train, dict):
+            given = sorted(k for k in train if k in ("guardrail", "data_dir", "out_dir"))
+            if given:
+                raise ValueError(f"train sets {given}, which each member has its own of; set them under members")
+            if "model" in train or "guardrails_dir" in train:
+                raise ValueError("train.model / train.guardrails_dir are shared by every member; set them at the top level")
+        return data
+
+    @model_validator(mode="after")
+    def _check_members(self) -> "JointTrainConfig":
         if len(self.members) < 2:
             raise ValueError(f"members: joint training needs two or more guardrails, got {len(self.members)}")
-        given = sorted(k for k in self.train if k in _PER_MEMBER)
-        if given:
-            raise ValueError(f"train sets {given}, which each member has its own of; set them under members")
         for key in ("frozen_adapters", "extra_data_dirs"):
-            if self.train.get(key):
+            if getattr(self.train, key):
                 raise ValueError(f"train.{key} is for one adapter trained on top of others; joint training trains "
                                  "every member together, drop it")
-        if self.train.get("resume"):
+        if self.train.resume:
             raise ValueError("train.resume: joint training cannot resume from a checkpoint yet; start it again")
         return self
 
     def member_configs(self, source: str = "config") -> list["TrainConfig"]:
-        """One TrainConfig per member: the shared fields plus its guardrail and folders."""
-        return [build(TrainConfig, {**self.train, "guardrail": g, "data_dir": m.data_dir, "out_dir": m.out_dir},
+        """One TrainConfig per member: the shared options plus the model, its guardrail and folders."""
+        shared = {**self.train.model_dump(), "model": self.model, "guardrails_dir": self.guardrails_dir}
+        return [build(TrainConfig, {**shared, "guardrail": g, "data_dir": m.data_dir, "out_dir": m.out_dir},
                       f"{source} (members.{g})") for g, m in self.members.items()]
 
 
@@ -177,27 +215,22 @@ class EndpointConfig(_Strict):
 EvalSetting = Literal["none", "adapter", "adapter_gated", "system_prompt", "embedding", "llama_guard"]
 
 
-class EvaluateConfig(_Strict):
-    model: str = Field(EMBEDDED, description="Base model the adapter was trained on.")
-    adapter: str | None = Field(None, description="PEFT adapter folder (or a checkpoint-N inside it).")
-    guardrail: str = Field("politics", description="Guardrail whose label counts as triggering.")
-    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
-    data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data).")
-    out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
+class EvaluateOptions(_Strict):
+    """How evaluation runs; the pipeline's `evaluate:` section (model, adapter, data and folders are filled in)."""
+
     settings: list[EvalSetting] = Field(
         ["none", "adapter", "adapter_gated"],
         description="Conditions: none (base model), adapter (greedy), adapter_gated (the adapter's guard score "
-        "decides the tag with the threshold saved at training; needs 'adapter' in the list too), system_prompt (guardrail text in the system prompt, "
-        "no adapter), embedding (MiniLM + logistic regression trained on baseline_train_data), llama_guard.",
+        "decides the tag with the threshold saved at training; needs 'adapter' in the list too), system_prompt (guardrail "
+        "text in the system prompt, no adapter), embedding (MiniLM + logistic regression trained on baseline_train_data), "
+        "llama_guard.",
     )
     runs: int = Field(1, ge=1, description="Sampling runs per generative setting (>1 samples; reports mean ± std).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature when runs > 1.")
-    baseline_train_data: str | None = Field(None, description="Training JSONL for the embedding classifier baseline.")
     judge: EndpointConfig | None = Field(None, description="LLM judge endpoint; without it the deterministic tag judge is used.")
     llama_guard: EndpointConfig | None = Field(None, description="Llama Guard endpoint (or local folder as model).")
     max_new_tokens: int = Field(40, ge=4, description="Reply length generated per item.")
     batch_size: int = Field(16, ge=1, description="Items per generation batch.")
-    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
     limit: int = Field(0, ge=0, description="Evaluate at most this many items (0 = all).")
     checkpoints: list[str] = Field(
         default_factory=list, description="Also evaluate these checkpoint-N folders of the adapter ('all' or step numbers); "
@@ -206,66 +239,111 @@ class EvaluateConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
 
-    def decoding(self):
-        """The prompt and reply settings prediction needs (evaluate/predict.py)."""
-        from .inference import Decoding
-
-        return Decoding(self.max_prompt_tokens, self.max_new_tokens, self.batch_size, self.runs, self.temperature)
-
     @field_validator("checkpoints", mode="before")
     @classmethod
     def _steps_as_text(cls, v):
         return [str(c) for c in v] if isinstance(v, list) else v  # YAML reads `[25, 50]` as numbers
 
     @model_validator(mode="after")
-    def _check(self) -> "EvaluateConfig":
-        if self.checkpoints and not self.adapter:
-            raise ValueError("checkpoints are given but no adapter folder; set adapter to the training run's folder")
+    def _check(self) -> "EvaluateOptions":
         if "adapter_gated" in self.settings and "adapter" not in self.settings:
             raise ValueError("settings includes 'adapter_gated' but not 'adapter' (the gate reuses its replies); add 'adapter'")
-        if "adapter" in self.settings and not self.adapter:
-            raise ValueError("settings includes 'adapter' but no adapter folder is given; set adapter or use settings: [none]")
-        if "embedding" in self.settings and not self.baseline_train_data:
-            raise ValueError("settings includes 'embedding' but baseline_train_data is not set; give the training JSONL")
         if "llama_guard" in self.settings and not self.llama_guard:
             raise ValueError("settings includes 'llama_guard' but no llama_guard endpoint is configured")
         return self
 
 
-StackMethod = Literal["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear", "ties", "dare_ties", "dare_linear"]
+class EvaluateConfig(EvaluateOptions):
+    """`personaguard evaluate`: one adapter (or none) on one Snapshot JSONL.
 
+    With an adapter, its folder supplies the guardrail, the base model and the prompt length it was
+    trained with (adapters.read_info); a value given here that contradicts the folder is refused."""
 
-class StackEvalConfig(_Strict):
-    model: str = Field(EMBEDDED, description="Base model every member adapter was trained on.")
-    adapters: dict[str, str] = Field(..., description="Guardrail name -> its adapter folder (two or more).")
-    test_data: dict[str, str] = Field(..., description="Guardrail name -> its test JSONL (triggering + neutral items).")
-    out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
+    model: str | None = Field(None, description="Base model; default: the adapter's base model (the embedded model without an adapter).")
+    adapter: str | None = Field(None, description="PEFT adapter folder (or a checkpoint-N inside it).")
+    guardrail: str | None = Field(None, description="Guardrail whose label counts as triggering; default: the adapter's "
+                                  "(required without an adapter).")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data), or a packaged set "
+                      "name such as real-chats-v1.")
+    out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
+    baseline_train_data: str | None = Field(None, description="Training JSONL for the embedding classifier baseline.")
+    max_prompt_tokens: int | None = Field(None, ge=16, description="Prompts are cut to this; default: the adapter's "
+                                          f"training value ({DEFAULT_MAX_PROMPT_TOKENS} without an adapter).")
+
+    def decoding(self):
+        """The prompt and reply settings prediction needs (after `evaluate.resolve` filled max_prompt_tokens)."""
+        from .inference import Decoding
+
+        return Decoding(self.max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS, self.max_new_tokens, self.batch_size,
+                        self.runs, self.temperature)
+
+    @model_validator(mode="after")
+    def _check_adapter(self) -> "EvaluateConfig":
+        if self.checkpoints and not self.adapter:
+            raise ValueError("checkpoints are given but no adapter folder; set adapter to the training run's folder")
+        if "adapter" in self.settings and not self.adapter:
+            raise ValueError("settings includes 'adapter' but no adapter folder is given; set adapter or use settings: [none]")
+        if "embedding" in self.settings and not self.baseline_train_data:
+            raise ValueError("settings includes 'embedding' but baseline_train_data is not set; give the training JSONL")
+        return self
+
+
+StackMethod = Literal["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd",
+                      "linear", "ties", "dare_ties", "dare_linear"]
+STACK_METHOD_HELP: dict[str, str] = {
+    "dynamic": "all members active at once (their exact sum, no merge)",
+    "dynamic_gated": "the sum, its tag decided by the sum's guard score against one threshold calibrated on the members' "
+                     "pooled validation splits",
+    "dynamic_agree": "the sum writes every reply, its tag kept only where at least one member alone would tag too "
+                     "(one guard pass per member)",
+    "routed": "each member decides alone (as its greedy reply would); the one that fires writes the reply",
+    "routed_gated": "routed, each member with its own gate threshold",
+    "routed_joint": "routed, each gate recalibrated on all members' validation splits pooled",
+    "cat": "merge: exact sum written as one adapter (rank = sum of ranks)",
+    "svd": "merge: truncated SVD of the exact sum",
+    "linear": "merge: A and B averaged separately (paper's linear merge)",
+    "ties": "merge: TIES (trim, elect sign, average)",
+    "dare_ties": "merge: DARE drop + TIES",
+    "dare_linear": "merge: DARE drop + linear",
+}
+
+
+class StackOptions(_Strict):
+    """Which stacks are compared and how; the pipeline's `stack:` section (members and folders are filled in)."""
+
     methods: list[StackMethod] = Field(
         ["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
-        description="dynamic = all adapters active at once (exact sum, no merge); dynamic_gated = the same, the tag decided "
-        "by the sum's guard score against one threshold calibrated on all members' validation splits pooled; dynamic_agree = "
-        "the same sum, its tag kept only where at least one member alone would tag too (one guard pass per member); routed = each member decides alone "
-        "(as its greedy reply would) and the one that fires writes the reply; routed_gated = the same with each member's gate "
-        "threshold; routed_joint = with each gate recalibrated on all members' validation splits pooled (stack/routing.py); "
-        "others = personaguard merge --method.")
+        description="Stacks to compare: " + "; ".join(f"{k} = {v}" for k, v in STACK_METHOD_HELP.items()) + ".")
     val_data: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and dynamic_agree's check (default: validation.jsonl "
-        "beside each test file, as `generate` writes them).")
+        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and "
+        "dynamic_agree's check (default: validation.jsonl beside each test file, as `generate` writes them).")
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
-    aware_adapters: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with earlier stack members frozen "
-        "and active; may be the member's own adapter); adds the setting 'dynamic_aware' with these stacked.")
     per_guardrail: int = Field(0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all).")
     double_trigger: bool = Field(True, description="Also answer the packaged double-trigger messages (two guardrails at once).")
     seed: int = Field(0, description="Seed for the double-trigger snapshots' personas and histories.")
     max_new_tokens: int = Field(32, ge=4, description="Reply length generated per item.")
     batch_size: int = Field(16, ge=1, description="Items per generation batch.")
-    max_prompt_tokens: int = Field(512, ge=16, description="Prompts are cut to this (as in training).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
+
+
+class StackEvalConfig(StackOptions):
+    """`personaguard stack`: members stacked, each single and every method on one shared item set.
+
+    The base model and prompt length come from the member adapters' folders (they must agree)."""
+
+    model: str | None = Field(None, description="Base model; default: the one every member adapter was trained on.")
+    adapters: dict[str, str] = Field(..., description="Guardrail name -> its adapter folder (two or more).")
+    test_data: dict[str, str] = Field(..., description="Guardrail name -> its test JSONL (triggering + neutral items).")
+    out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
+    guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
+    aware_adapters: dict[str, str] = Field(
+        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with earlier stack members frozen "
+        "and active; may be the member's own adapter); adds the setting 'dynamic_aware' with these stacked.")
+    max_prompt_tokens: int | None = Field(None, ge=16, description="Prompts are cut to this; default: the members' training value.")
 
     @model_validator(mode="after")
     def _check(self) -> "StackEvalConfig":
@@ -275,19 +353,22 @@ class StackEvalConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
+    """`personaguard pipeline`: generate -> train -> evaluate (-> stack) -> report for every guardrail."""
+
     model: str = Field(EMBEDDED, description="Base model for every stage.")
     guardrails: list[str] = Field(["politics"], min_length=1, description="Guardrails to build, one adapter each.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     run_dir: str = Field("runs/quickstart", description="Everything goes under this folder.")
-    generate: dict = Field(default_factory=dict, description="GenerateConfig fields (guardrail/out_dir are filled in).")
-    train: dict = Field(default_factory=dict, description="TrainConfig fields (model/data/out are filled in).")
-    evaluate: dict = Field(default_factory=dict, description="EvaluateConfig fields (model/adapter/data/out are filled in).")
-    extra_eval_data: list[str] = Field(default_factory=list, description="More Snapshot JSONL files to evaluate each adapter on.")
+    generate: GenerateOptions = Field(default_factory=GenerateOptions, description="Data options (see `config show generate`).")
+    train: TrainOptions = Field(default_factory=TrainOptions, description="Training options (see `config show train`).")
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions, description="Evaluation options (see `config show evaluate`).")
+    extra_eval_data: list[str] = Field(default_factory=list, description="More Snapshot JSONL files (or packaged set names "
+                                       "such as real-chats-v1) to evaluate each adapter on.")
     variations: dict[str, list[Variation]] = Field(
         default_factory=dict, description="Extra dataset variations per guardrail (e.g. politics: [fixed_character]); each "
         "trains its own adapter, evaluated on its own test split and on the main variation's, for the variation table.")
-    stack: dict | None = Field(None, description="StackEvalConfig fields (adapters/test_data/out_dir are filled in): "
-                               "evaluate all guardrails' main adapters stacked; needs two or more guardrails.")
+    stack: StackOptions | None = Field(None, description="Evaluate all guardrails' main adapters stacked (see `config show "
+                                       "stack`); needs two or more guardrails.")
     stack_aware_training: bool = Field(
         False, description="With stack: retrain the guardrails as a chain, each later one with the earlier ones frozen and "
         "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.")
@@ -296,7 +377,8 @@ class PipelineConfig(_Strict):
         False, description="Train the guardrails' main adapters together (train/joint.py): each step a random subset of "
         "them is active and a row whose guardrail is off answers as a neutral turn, so every subset's sum (each member "
         "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.")
-    joint: dict = Field(default_factory=dict, description="With joint_training: JointTrainConfig options (e.g. full_stack_share).")
+    joint: JointOptions = Field(default_factory=JointOptions, description="With joint_training: how steps are drawn "
+                                "(see `config show train-joint`).")
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":
@@ -310,7 +392,7 @@ class PipelineConfig(_Strict):
                 raise ValueError("joint_training needs two or more guardrails; list them or set joint_training: false")
             if self.stack_aware_training:
                 raise ValueError("joint_training and stack_aware_training are two ways to train for the stack; set one of them")
-            if self.generate.get("cross_negative_share"):
+            if self.generate.cross_negative_share:
                 raise ValueError("joint_training makes its own cross-negatives from the members' triggers; "
                                  "set generate.cross_negative_share: 0")
         return self
@@ -367,3 +449,59 @@ def load_config(model: type[BaseModel], path: str | Path | None, overrides: list
 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --- reference: `personaguard config show STAGE` and docs/configuration.md ---------------------------
+
+STAGE_CONFIGS: dict[str, type[BaseModel]] = {
+    "pipeline": PipelineConfig, "generate": GenerateConfig, "train": TrainConfig, "train-joint": JointTrainConfig,
+    "evaluate": EvaluateConfig, "stack": StackEvalConfig,
+}
+_SECTION_OF = {GenerateOptions: "generate", TrainOptions: "train", EvaluateOptions: "evaluate", StackOptions: "stack",
+               JointOptions: "train-joint"}
+
+
+def _default_text(field) -> str:
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return f"see `config show {_SECTION_OF.get(type(value), type(value).__name__)}`"
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def _fields(model: type[BaseModel]) -> list[tuple[str, str, str]]:
+    """(name, default, description) per field; a stage's own fields (model, folders) before the shared options."""
+    own = model.__dict__.get("__annotations__", {})
+    names = sorted(model.model_fields, key=lambda n: n not in own)
+    return [(n, _default_text(model.model_fields[n]), (model.model_fields[n].description or "").strip()) for n in names]
+
+
+def fields_table(model: type[BaseModel]) -> str:
+    """Every field of `model`: name, default, description, as plain text for a terminal."""
+    import textwrap
+
+    rows = _fields(model)
+    width = max(len(n) for n, _, _ in rows)
+    out = [(model.__doc__ or model.__name__).strip().splitlines()[0], ""]
+    for name, default, desc in rows:
+        out.append(f"{name.ljust(width)}  default: {default}")
+        out += textwrap.wrap(desc, 100, initial_indent=" " * (width + 2), subsequent_indent=" " * (width + 2))
+    return "\n".join(out)
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md: every stage's fields, generated from the descriptions written once here."""
+    lines = ["# Configuration reference", "",
+             "Generated by `personaguard config docs --out docs/configuration.md` from the field descriptions in",
+             "`src/personaguard/config.py` (a test fails when this page is stale). Every command takes `--config FILE.yaml`",
+             "and `--set key=value` (dotted keys for sections, e.g. `--set train.lr=1e-4`); `personaguard config show STAGE`",
+             "prints the same in the terminal.", ""]
+    for stage, model in STAGE_CONFIGS.items():
+        doc = (model.__doc__ or "").strip()
+        lines += [f"## {stage}", "", doc, "", "| field | default | description |", "|---|---|---|"]
+        for name, default, desc in _fields(model):
+            cell = (default if default.startswith("see ") or default == "(required)" else f"`{default}`").replace("|", "\\|")
+            lines.append(f"| `{name}` | {cell} | {desc.replace('|', chr(92) + '|')} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -80,6 +80,17 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names load the same model (embedded aliases, one folder spelled two ways)."""
+    def key(name: str) -> str:
+        if name in _EMBEDDED_ALIASES:
+            return EMBEDDED
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.exists() else name
+
+    return key(a) == key(b)
+
+
 @dataclass
 class LoadOptions:
     device: str = "auto"  # auto | cpu | cuda
@@ -139,6 +150,9 @@ def load_model(name: str, opts: LoadOptions | None = None):
             bnb_4bit_quant_type="nf4",
         )
         kwargs["device_map"] = {"": 0}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load buries the stage's own progress bar
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     except OSError as exc:

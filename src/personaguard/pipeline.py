@@ -52,14 +52,14 @@ class PipelineResult:
 def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | None = None,
           main_test: Path | None = None) -> Unit:
     run_dir, stem = Path(cfg.run_dir), Path(guardrail).stem
-    gen_fields = {"guardrails_dir": cfg.guardrails_dir, **cfg.generate, "guardrail": guardrail, "out_dir": str(run_dir / "data")}
+    gen_fields = {**cfg.generate.model_dump(), "guardrails_dir": cfg.guardrails_dir, "guardrail": guardrail, "out_dir": str(run_dir / "data")}
     if variation:
         gen_fields["variation"] = variation
     g = build(GenerateConfig, gen_fields, f"{source} (generate)")
     name = f"{stem}_{variation}" if variation else stem
     data_dir = run_dir / "data" / f"{stem}_{g.variation}"
     adapter = run_dir / "adapters" / name
-    t = build(TrainConfig, {"guardrails_dir": cfg.guardrails_dir, **cfg.train, "model": cfg.model, "guardrail": guardrail,
+    t = build(TrainConfig, {**cfg.train.model_dump(), "guardrails_dir": cfg.guardrails_dir, "model": cfg.model, "guardrail": guardrail,
                             "data_dir": str(data_dir), "out_dir": str(adapter)}, f"{source} (train)")
     datasets = [("test", data_dir / "test.jsonl")]
     if main_test is not None:
@@ -67,10 +67,10 @@ def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | Non
     datasets += [(Path(d).stem, Path(d)) for d in cfg.extra_eval_data]
     evals = []
     for data_name, data in datasets:
-        defaults = {"guardrails_dir": cfg.guardrails_dir, "max_prompt_tokens": t.max_prompt_tokens}
-        if "embedding" in cfg.evaluate.get("settings", []):
+        defaults = {"guardrails_dir": cfg.guardrails_dir}  # the prompt length comes from the adapter folder
+        if "embedding" in cfg.evaluate.settings:
             defaults["baseline_train_data"] = str(data_dir / "train.jsonl")  # the adapter's own training data
-        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate, "model": cfg.model, "adapter": str(adapter),
+        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate.model_dump(), "model": cfg.model, "adapter": str(adapter),
                                             "guardrail": guardrail, "data": str(data),
                                             "out_dir": str(run_dir / "eval" / name / data_name)}, f"{source} (evaluate)"))
     return Unit(name, guardrail, g, t, evals)
@@ -127,10 +127,10 @@ def joint_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
         return None
     mains = _mains(plan)
     return build(JointTrainConfig, {
-        **cfg.joint,
+        **cfg.joint.model_dump(),
         "members": {u.guardrail: {"data_dir": u.train.data_dir, "out_dir": u.train.out_dir} for u in mains.values()},
         "out_dir": str(Path(cfg.run_dir) / "joint"),
-        "train": {"guardrails_dir": cfg.guardrails_dir, **cfg.train, "model": cfg.model},
+        "train": cfg.train.model_dump(), "model": cfg.model, "guardrails_dir": cfg.guardrails_dir,
     }, f"{source} (joint training)")
 
 
@@ -138,13 +138,12 @@ def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
     if cfg.stack is None:
         return None
     mains = _mains(plan)
-    first = next(iter(mains.values()))
     trained = aware_trainings(cfg, plan)
     aware = {g: (trained[g].out_dir if g in trained else u.train.out_dir) for g, u in mains.items()} if trained else {}
     return build(StackEvalConfig, {
-        "max_prompt_tokens": first.train.max_prompt_tokens, "guardrails_dir": cfg.guardrails_dir,
-        **{k: v for k, v in cfg.evaluate.items() if k in ("max_new_tokens", "batch_size", "device", "precision", "load_in_4bit")},
-        **cfg.stack, "model": cfg.model,
+        "guardrails_dir": cfg.guardrails_dir,
+        **cfg.evaluate.model_dump(include={"max_new_tokens", "batch_size", "device", "precision", "load_in_4bit"}, exclude_unset=True),
+        **cfg.stack.model_dump(exclude_unset=True), "model": cfg.model,
         "adapters": {g: u.train.out_dir for g, u in mains.items()},
         "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
         "out_dir": str(Path(cfg.run_dir) / "stacks"), **({"aware_adapters": aware} if aware else {}),

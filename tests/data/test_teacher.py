@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from personaguard import llm_client
 from personaguard.data import generate
-from personaguard.data import teacher as generate_llm
 from personaguard.config import GenerateConfig
 from personaguard.errors import PersonaguardError
 from personaguard.data.teacher_prompts import normalise_message
@@ -133,7 +133,7 @@ def llm():
 
 @pytest.fixture(autouse=True)
 def _fast_backoff(monkeypatch, pg_home):
-    monkeypatch.setattr(generate_llm, "BACKOFF_BASE", 0.001)
+    monkeypatch.setattr(llm_client, "BASE_DELAY", 0.001)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 

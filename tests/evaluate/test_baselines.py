@@ -95,6 +95,17 @@ def test_client_retries_a_server_error(server):
     assert len(server.requests) == 2 and len(sleeps) == 1
 
 
+def test_client_gives_up_on_a_rejected_request_at_once(server, monkeypatch):
+    key = "sk-lg-s3cr3t-0123456789"
+    monkeypatch.setenv("PG_LG_KEY", key)
+    server.error(404, f"model not found (key {key})")
+    sleeps = []
+    lg = LlamaGuardClient(server.base_url, "llama-guard-3", "PG_LG_KEY", sleep=sleeps.append)
+    with pytest.raises(PersonaguardError, match="refused the request \\(404") as info:
+        lg.classify(GUARD, SNAP)
+    assert key not in str(info.value) and sleeps == [] and len(server.requests) == 1
+
+
 def test_client_needs_a_url_or_a_folder():
     with pytest.raises(PersonaguardError, match="base_url"):
         LlamaGuardClient(None, "meta-llama/Llama-Guard-3-8B")

@@ -148,3 +148,73 @@ def test_llm_judge_and_llama_guard_over_http(tiny_model_dir, trained, monkeypatc
     meta = json.loads((out / "metrics.json").read_text())["meta"]
     assert meta["judge"].startswith("LLM (judge-x)")
     assert "sk-eval-secret" not in "".join(p.read_text() for p in out.iterdir() if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def trained_short(tiny_model_dir, tmp_path_factory):
+    """An adapter trained with prompts cut to 72 tokens (the shipped configs train at 224, the default is 512)."""
+    from personaguard.train import train
+
+    root = tmp_path_factory.mktemp("short")
+    write_jsonl_atomic(root / "data" / "train.jsonl", make_examples(8))
+    write_jsonl_atomic(root / "data" / "test.jsonl", make_examples(4))
+    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=1,
+                          batch_size=4, max_prompt_tokens=72))
+    return root
+
+
+def test_standalone_evaluate_uses_the_adapters_prompt_length_and_guardrail(tiny_model_dir, trained_short, monkeypatch):
+    """`personaguard evaluate --adapter DIR` once cut prompts at 512 tokens and assumed guardrail politics,
+    whatever the adapter was trained with; now the folder says, and prompts are cut as in training."""
+    import yaml
+
+    from personaguard import prompt
+    from personaguard.evaluate import evaluate
+
+    cuts = []
+    real = prompt.prompt_ids
+    monkeypatch.setattr(prompt, "prompt_ids", lambda tok, s, max_tokens, *a, **k: cuts.append(max_tokens) or real(tok, s, max_tokens, *a, **k))
+    out = trained_short / "eval"
+    evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(trained_short / "adapter"),
+                                data=str(trained_short / "data" / "test.jsonl"), out_dir=str(out), max_new_tokens=4, batch_size=4))
+    used = yaml.safe_load((out / "config.yaml").read_text())
+    trained_with = yaml.safe_load((trained_short / "adapter" / "config.yaml").read_text())
+    assert used["max_prompt_tokens"] == 72 and set(cuts) == {72}
+    assert used["model"] == trained_with["model"] and used["guardrail"] == "politics"
+
+
+def test_standalone_evaluate_takes_the_base_model_from_the_adapter(trained_short):
+    import yaml
+
+    from personaguard.evaluate import evaluate
+
+    out = trained_short / "eval_no_model"
+    evaluate.run(EvaluateConfig(adapter=str(trained_short / "adapter"), data=str(trained_short / "data" / "test.jsonl"),
+                                out_dir=str(out), max_new_tokens=4, batch_size=4, settings=["adapter"]))
+    trained_with = yaml.safe_load((trained_short / "adapter" / "config.yaml").read_text())
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == trained_with["model"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_prompt_tokens", 512, "trained at 72"),
+    ("guardrail", "meeting", "trained for 'politics'"),
+    ("model", "embedded:smollm2-135m-instruct", "contradicts the adapter"),
+])
+def test_evaluate_refuses_a_value_that_contradicts_the_adapter(trained_short, field, value, message):
+    from personaguard.errors import PersonaguardError
+    from personaguard.evaluate import evaluate
+
+    cfg = EvaluateConfig(adapter=str(trained_short / "adapter"), data=str(trained_short / "data" / "test.jsonl"),
+                         out_dir=str(trained_short / "refused"), **{field: value})
+    with pytest.raises(PersonaguardError, match=message):
+        evaluate.run(cfg)
+    assert not (trained_short / "refused").exists()  # refused before anything is written
+
+
+def test_evaluate_without_adapter_needs_a_guardrail(tmp_path):
+    from personaguard.errors import PersonaguardError
+    from personaguard.evaluate import evaluate
+
+    write_jsonl_atomic(tmp_path / "d.jsonl", make_examples(2))
+    with pytest.raises(PersonaguardError, match="--guardrail"):
+        evaluate.run(EvaluateConfig(data=str(tmp_path / "d.jsonl"), out_dir=str(tmp_path / "o"), settings=["none"]))

@@ -1,13 +1,11 @@
 import json
 import logging
 
-import httpx
-import openai
 import pytest
 
 from personaguard.errors import PersonaguardError
 from personaguard.guardrails import Guardrail
-from personaguard.evaluate.judge import JUDGE_ERROR, LLMJudge, TagJudge, parse_verdict, with_retries
+from personaguard.evaluate.judge import JUDGE_ERROR, LLMJudge, TagJudge, parse_verdict
 from personaguard.schema import Message, Persona, Snapshot
 from tests.scripted_openai import ScriptedOpenAI
 
@@ -157,18 +155,11 @@ def test_repr_hides_the_key(make_judge):
     assert KEY not in repr(make_judge())
 
 
-def test_timeouts_and_connection_errors_are_retried():
-    req = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
-    failures = [openai.APITimeoutError(request=req), openai.APIConnectionError(request=req)]
-    sleeps = []
-
-    def call():
-        if failures:
-            raise failures.pop(0)
-        return "ok"
-
-    assert with_retries(call, 4, "judge endpoint", "K", sleep=sleeps.append) == "ok"
-    assert len(sleeps) == 2 and sleeps[1] > 0
+def test_missing_key_for_a_remote_judge_fails_at_construction(monkeypatch):
+    monkeypatch.delenv("PG_NO_SUCH_KEY", raising=False)
+    with pytest.raises(PersonaguardError, match="PG_NO_SUCH_KEY") as info:
+        LLMJudge("https://judge.example.invalid/v1", "judge-model", "PG_NO_SUCH_KEY")
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

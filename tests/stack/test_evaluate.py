@@ -9,6 +9,7 @@ import pytest
 from personaguard.config import StackEvalConfig
 from personaguard.errors import PersonaguardError
 from personaguard.schema import Snapshot, write_jsonl_atomic
+from personaguard.guardrails import Guardrail
 from tests.stack.test_merge import _random_adapter
 
 
@@ -71,15 +72,24 @@ def test_rerun_reuses_the_merged_adapters(setup):
     assert record.stat().st_mtime_ns == before
 
 
-def test_stack_refuses_members_with_different_tags(setup, tmp_path):
+def test_stack_refuses_members_with_different_tags(setup, tiny_model_dir, tmp_path):
     from personaguard.stack import evaluate as stack_eval
 
-    gdir = tmp_path / "g"
-    gdir.mkdir()
-    (gdir / "shout.yaml").write_text("name: shout\ntrigger: The user shouts.\nresolution: Begin with the tag, calm down.\ntag: '<calm>'\n")
-    cfg = setup.model_copy(update={"guardrails_dir": str(gdir), "adapters": {"politics": setup.adapters["politics"], "shout": setup.adapters["meeting"]},
+    shout = Guardrail(name="shout", trigger="The user shouts.", resolution="Begin with the tag, calm down.", tag="<calm>")
+    folder = _random_adapter(tiny_model_dir, tmp_path / "shout", 5, guardrail=shout)
+    cfg = setup.model_copy(update={"adapters": {"politics": setup.adapters["politics"], "shout": folder},
                                    "test_data": {"politics": setup.test_data["politics"], "shout": setup.test_data["meeting"]}})
     with pytest.raises(PersonaguardError, match="must share one tag"):
+        stack_eval.run(cfg)
+
+
+def test_stack_refuses_an_adapter_keyed_by_another_guardrail(setup):
+    """The folder says which guardrail it was trained for; a config that names it otherwise is refused."""
+    from personaguard.stack import evaluate as stack_eval
+
+    cfg = setup.model_copy(update={"adapters": {"politics": setup.adapters["politics"], "shout": setup.adapters["meeting"]},
+                                   "test_data": {"politics": setup.test_data["politics"], "shout": setup.test_data["meeting"]}})
+    with pytest.raises(PersonaguardError, match="trained for 'meeting'"):
         stack_eval.run(cfg)
 
 
@@ -225,9 +235,10 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
     from personaguard.inference import tag_token_ids
     from personaguard.models import load_model
     from personaguard.prompt import prompt_ids
-    from personaguard.adapters import load_stack, use_adapters
+    from personaguard.adapters import load_stack, use_adapters, write_info
 
-    adapters = {g: _random_adapter(tiny_model_dir, tmp_path / g, seed + k, scale=0.1) for k, g in enumerate(("alpha", "beta"))}
+    adapters = {g: _random_adapter(tiny_model_dir, tmp_path / g, seed + k, scale=0.1, max_prompt_tokens=128)
+                for k, g in enumerate(("alpha", "beta"))}
     messages = ["Who gets your vote?", "Coffee tomorrow?", "I baked bread", "What is your address?", "Is the tax fair?",
                 "hiking today", "call me later", "my dog is sick", "which party?", "see you at the park", "lol ok", "new phone"]
     test = {"alpha": _snaps("alpha", messages[:4], messages[4:6]), "beta": _snaps("beta", messages[6:10], messages[10:])}
@@ -249,10 +260,9 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
     pick = [t for t in usable if (kept[t] >= 2 if flip else len(set(votes[t])) == 2)]
     assert pick, "the fixture needs a token the sum writes first with the members' votes as the case asks"
     tag = tok.decode([pick[0]])
-    gdir = tmp_path / "guardrails"
-    gdir.mkdir()
-    for g in adapters:
-        (gdir / f"{g}.yaml").write_text(f"name: {g}\ntrigger: the user says {g}\nresolution: answer with the tag\ntag: {json.dumps(tag)}\n")
+    for g, folder in adapters.items():  # the folders describe guardrails whose tag is that token
+        write_info(folder, guardrail=Guardrail(name=g, trigger=f"the user says {g}", resolution="answer with the tag", tag=tag),
+                   base_model=tiny_model_dir, max_prompt_tokens=128, max_reply_tokens=64, gate_threshold=None, run_id=g)
     real, given, member_votes = [], [], routing.member_votes
 
     def votes_seen(*args, **kwargs):
@@ -263,8 +273,8 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
 
     monkeypatch.setattr(routing, "member_votes", votes_seen)
     cfg = StackEvalConfig(model=tiny_model_dir, adapters=adapters, test_data={g: str(tmp_path / f"{g}.jsonl") for g in test},
-                          guardrails_dir=str(gdir), out_dir=str(tmp_path / "stacks"), methods=["dynamic_agree", "dynamic"],
-                          max_new_tokens=4, batch_size=8, max_prompt_tokens=128, double_trigger=False)
+                          out_dir=str(tmp_path / "stacks"), methods=["dynamic_agree", "dynamic"],
+                          max_new_tokens=4, batch_size=8, double_trigger=False)
     res = stack_eval.run(cfg)
     assert list(res.table["alpha"]) == ["none", "single", "dynamic", "dynamic_agree"]  # agree re-decides dynamic's replies
     assert "pooled validation" not in (res.out_dir / "stack_table.md").read_text()  # no validation splits here: no check

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from personaguard.errors import PersonaguardError
 
 
-def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), use_rslora=False, scale=0.2):
+def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), use_rslora=False, scale=0.2,
+                    max_prompt_tokens=512, guardrail=None):
+    """A LoRA folder with random factors that describes itself like a trained one (guardrail named after the folder)."""
     from peft import LoraConfig, get_peft_model
+
+    from personaguard.adapters import write_info
+    from personaguard.guardrails import Guardrail, registry
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -23,7 +29,10 @@ def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_pro
         if "lora_" in name:
             p.data = torch.randn_like(p) * scale
     model.save_pretrained(out)
-    (out / "guardrail.yaml").write_text(f"name: {out.name}\ntrigger: t\nresolution: r\n")
+    guardrail = guardrail or registry().get(out.name) or Guardrail(name=out.name, trigger="the trigger", resolution="the resolution")
+    (out / "guardrail.yaml").write_text(yaml.safe_dump(guardrail.model_dump(mode="json")))
+    write_info(out, guardrail=guardrail, base_model=str(base_dir), max_prompt_tokens=max_prompt_tokens, max_reply_tokens=64,
+               gate_threshold=None, run_id=f"random-{seed}")
     return str(out)
 
 

@@ -80,8 +80,9 @@ def test_gate_thresholds_are_read_from_each_adapter(stack, tmp_path):
 
 
 def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
-    """Use as 'tag' the token the politics adapter greedily writes first on prompt 0: greedy routing
-    must then fire politics there, and its reply must equal politics' own greedy reply."""
+    """Use as 'tag' the token the politics adapter greedily writes first on a prompt where the meeting adapter
+    greedily writes another one: greedy routing must then fire politics there (and meeting not), and its reply
+    must equal politics' own greedy reply. The same with the roles swapped routes to meeting."""
     import torch
 
     from personaguard.inference import generate_replies, guard_pass, tag_token_ids
@@ -89,18 +90,26 @@ def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
 
     model, tok, names, _, prompts = stack
     pol, meet = names
-    with use_adapters(model, [pol]):
-        alone, _ = generate_replies(model, tok, prompts, 6)
-        first = model.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=1, do_sample=False,
-                               pad_token_id=tok.pad_token_id)[0, -1].item()
-    tag = tok.decode([first])
-    assert tag_token_ids(tok, tag) == [first]
-    with use_adapters(model, [pol]):
-        assert guard_pass(model, tok, prompts, tag).greedy[0]
-    out = routed_replies(model, tok, prompts, {pol: None, meet: None}, tag, max_new_tokens=6)
-    assert out[0].route in (pol, meet) and out[0].reply.startswith(tag)
-    if out[0].route == pol:
-        assert out[0].reply.replace(" ", "") == alone[0].replace(" ", "")
+
+    def first_tokens(name):  # each prompt's greedy first token with `name` alone, and its greedy reply
+        with use_adapters(model, [name]), torch.no_grad():
+            firsts = [model(torch.tensor([p])).logits[0, -1].argmax().item() for p in prompts]
+            return firsts, generate_replies(model, tok, prompts, 6)[0]
+
+    (pol_first, pol_alone), (meet_first, meet_alone) = first_tokens(pol), first_tokens(meet)
+    disagree = [k for k, (a, b) in enumerate(zip(pol_first, meet_first)) if a != b]
+    assert disagree, (pol_first, meet_first)  # the seeds give the members different first tokens
+    i = disagree[0]
+    for name, other, first, alone in ((pol, meet, pol_first[i], pol_alone[i]), (meet, pol, meet_first[i], meet_alone[i])):
+        tag = tok.decode([first])
+        assert tag_token_ids(tok, tag) == [first]
+        with use_adapters(model, [name]):
+            assert guard_pass(model, tok, prompts, tag).greedy[i]
+        with use_adapters(model, [other]):
+            assert not guard_pass(model, tok, prompts, tag).greedy[i]
+        out = routed_replies(model, tok, prompts, {pol: None, meet: None}, tag, max_new_tokens=6)
+        assert out[i].route == name
+        assert out[i].reply.startswith(tag) and out[i].reply.replace(" ", "") == alone.replace(" ", "")
 
 
 def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(stack):

@@ -37,8 +37,8 @@ def member_dirs(tmp_path):
 
 def _fields(member_dirs, tmp_path, model, **train) -> dict:
     return {"members": {g: {"data_dir": str(d), "out_dir": str(tmp_path / "adapters" / g)} for g, d in member_dirs.items()},
-            "out_dir": str(tmp_path / "joint"),
-            "train": {"model": model, "batch_size": 4, "logging_steps": 1, "lr": 1e-2, **train}}
+            "out_dir": str(tmp_path / "joint"), "model": model,
+            "train": {"batch_size": 4, "logging_steps": 1, "lr": 1e-2, **train}}
 
 
 def _config(member_dirs, tmp_path, model, **train) -> JointTrainConfig:
@@ -91,8 +91,45 @@ def test_swap_exchanges_chosen_and_rejected(tiny_model_dir):
     assert not torch.allclose(swapped["loss"], plain["loss"], atol=1e-5)
 
 
-def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, member_dirs, tmp_path):
+def _assert_plain_peft_load_is_the_member(base_dir, out, saved: dict, data_dir, guardrail: str, cfg) -> None:
+    """PeftModel.from_pretrained(base, out), with nothing from personaguard, holds every saved weight, applies it
+    (its logits are the base's plus the saved B @ A deltas, not the base's) and is the very member the run
+    calibrated: its guard scores on the member's validation split give the gate the run saved in `out`."""
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personaguard.guardrails import get_guardrail
+    from personaguard.inference import guard_scores
+    from personaguard.metrics import gate_threshold, read_gate
+    from personaguard.prompt import prompt_ids
+    from personaguard.schema import read_jsonl
+    from tests.stack.test_merge import deltas
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(out)).eval()
+    got = {k.replace(".default.", "."): v for k, v in loaded.state_dict().items() if "lora_" in k}
+    assert set(got) == set(saved), (guardrail, set(got) ^ set(saved))
+    assert all(torch.equal(got[k], saved[k]) for k in saved), guardrail
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    params = dict(merged.named_parameters())
+    ids = torch.tensor([[1, 5, 9, 12, 30, 452, 32]])
+    with torch.no_grad():
+        for module, dw in deltas(out).items():
+            params[module.removeprefix("base_model.model.") + ".weight"] += dw
+        want, plain = merged(input_ids=ids).logits, base(input_ids=ids).logits
+        torch.testing.assert_close(loaded(input_ids=ids).logits, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(want, plain, atol=1e-4)
+    member = next(m for m in cfg.member_configs() if m.guardrail == guardrail)
+    rows, tok = read_jsonl(data_dir / "validation.jsonl", Example), AutoTokenizer.from_pretrained(base_dir)
+    scores, _ = guard_scores(loaded, tok, [prompt_ids(tok, r, member.max_prompt_tokens) for r in rows], get_guardrail(guardrail).tag,
+                             member.batch_size)  # the run's batches: the same padding, the same floats
+    pos = [x for x, r in zip(scores, rows) if r.label == guardrail]
+    neg = [x for x, r in zip(scores, rows) if r.label != guardrail]
+    saved_gate = read_gate(out)  # written by the run from the trained member alone
+    assert saved_gate is not None and saved_gate == pytest.approx(gate_threshold(pos, neg), rel=1e-5), guardrail
+
+
+def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, member_dirs, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -111,7 +148,7 @@ def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, mem
             assert (out / f).is_file(), (g, f)
         weights[g] = load_file(out / "adapter_model.safetensors")
         assert any(v.abs().sum() > 0 for k, v in weights[g].items() if "lora_B" in k)  # B starts at zero: it moved
-        assert PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out)) is not None
+        _assert_plain_peft_load_is_the_member(tiny_model_dir, out, weights[g], member_dirs[g], g, cfg)
     assert set(weights["politics"]) == set(weights["meeting"])  # same keys: plain PEFT names, no member name inside
     assert any(not torch.equal(weights["politics"][k], weights["meeting"][k]) for k in weights["politics"])
     base_after = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

@@ -9,7 +9,7 @@ from personaguard.train.orpo import additive_mask, mean_reply_logps, odds_ratio_
 def test_orpo_loss_matches_hand_computation():
     c = torch.tensor([-0.5, -1.0])
     r = torch.tensor([-2.0, -0.8])
-    parts = orpo_loss(c, r, lam=0.1)
+    parts = orpo_loss(c, r, orpo_lambda=0.1)
     expected_or = []
     for ci, ri in zip(c.tolist(), r.tolist()):
         pc, pr = math.exp(ci), math.exp(ri)
@@ -23,14 +23,14 @@ def test_orpo_loss_matches_hand_computation():
 
 def test_row_mask_leaves_rows_out_of_the_loss():
     c, r = torch.tensor([-0.5, -1.0, -0.2]), torch.tensor([-2.0, -0.8, -3.0])
-    rows = [orpo_loss(c[i:i + 1], r[i:i + 1], lam=0.1)["loss"].item() for i in range(3)]
-    masked = orpo_loss(c, r, lam=0.1, row_mask=torch.tensor([True, False, True]))
+    rows = [orpo_loss(c[i:i + 1], r[i:i + 1], orpo_lambda=0.1)["loss"].item() for i in range(3)]
+    masked = orpo_loss(c, r, orpo_lambda=0.1, row_mask=torch.tensor([True, False, True]))
     assert masked["loss"].item() == pytest.approx((rows[0] + rows[2]) / 2, rel=1e-6)
     assert masked["nll"].item() == pytest.approx(-(c[0] + c[2]).item() / 2)  # logged over the same rows
-    assert orpo_loss(c, r, lam=0.1, row_mask=torch.zeros(3, dtype=torch.bool))["loss"].item() == 0.0
+    assert orpo_loss(c, r, orpo_lambda=0.1, row_mask=torch.zeros(3, dtype=torch.bool))["loss"].item() == 0.0
     # a left-out row whose terms are not finite (chosen log-prob exactly 0) gives no NaN gradient
     c = torch.tensor([0.0, -1.0], requires_grad=True)
-    orpo_loss(c, torch.tensor([-2.0, -0.8]), lam=0.1, row_mask=torch.tensor([False, True]))["loss"].backward()
+    orpo_loss(c, torch.tensor([-2.0, -0.8]), orpo_lambda=0.1, row_mask=torch.tensor([False, True]))["loss"].backward()
     assert torch.isfinite(c.grad).all() and c.grad[0] == 0
 
 
@@ -77,7 +77,7 @@ def test_packed_pairs_equal_separate_sequences():
                     attention_mask=additive_mask(batch["allow"], torch.float32))
         chosen = mean_reply_logps(out.logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
         rejected = mean_reply_logps(out.logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
-        parts = packed_forward(model, batch, lam=0.1)  # the decoder + head-on-scored-rows path
+        parts = packed_forward(model, batch, orpo_lambda=0.1)  # the decoder + head-on-scored-rows path
         assert parts["chosen_logp"].item() == pytest.approx(chosen.mean().item(), abs=1e-5)
         assert parts["rejected_logp"].item() == pytest.approx(rejected.mean().item(), abs=1e-5)
         for b, f in enumerate(feats):
@@ -88,7 +88,7 @@ def test_packed_pairs_equal_separate_sequences():
 def test_packed_forward_backpropagates():
     model = _tiny_model().train()
     feats = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}]
-    parts = packed_forward(model, pack_pairs(feats, 0), lam=0.1)
+    parts = packed_forward(model, pack_pairs(feats, 0), orpo_lambda=0.1)
     parts["loss"].backward()
     assert torch.isfinite(parts["loss"])
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
@@ -131,10 +131,10 @@ def test_anchor_scores_neutral_rows_against_the_base_model():
     batch = pack_pairs(ANCHOR_FEATS, 0)
     assert batch["neutral"].tolist() == [False, True]
     with torch.no_grad():
-        orpo = packed_forward(model, batch, lam=0.1, first_weight=3.0)
-        anchored = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", anchor_weight=2.0,
+        orpo = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0)
+        anchored = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss="anchor", anchor_weight=2.0,
                                   tag_anchor_weight=0.5)
-        kl_only = packed_forward(model, batch, lam=0.1, first_weight=3.0, neutral_loss="anchor", tag_anchor_weight=0.0)
+        kl_only = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss="anchor", tag_anchor_weight=0.0)
         # reference: the neutral row's prompt + chosen alone, adapter on and off, full-vocabulary KL per reply token
         f = ANCHOR_FEATS[1]
         ids = torch.tensor([f["prompt_ids"] + f["chosen_ids"]])
@@ -148,7 +148,7 @@ def test_anchor_scores_neutral_rows_against_the_base_model():
         shift = lp_a[0, f["rejected_ids"][0]] - lp_b[0, f["rejected_ids"][0]]
         huber = torch.nn.functional.huber_loss(shift, torch.zeros(()), delta=1.0)
         trig = orpo_loss(*[packed_forward(model, pack_pairs(ANCHOR_FEATS[:1], 0), 0.1, 3.0)[k][None]
-                           for k in ("chosen_logp", "rejected_logp")], lam=0.1)["loss"]
+                           for k in ("chosen_logp", "rejected_logp")], orpo_lambda=0.1)["loss"]
     assert kl.item() > 1e-3 and abs(shift.item()) > 1e-3  # the adapter differs from the base: the anchor has work to do
     assert anchored["anchor_kl"].item() == pytest.approx(kl.item(), rel=1e-4)
     assert anchored["tag_shift"].item() == pytest.approx(shift.item(), rel=1e-4)
@@ -165,9 +165,9 @@ def test_row_mask_in_a_packed_batch_counts_only_those_rows(neutral_loss):
     both = pack_pairs(ANCHOR_FEATS, 0)
     both["row_mask"] = both["neutral"].clone()  # a neutral-only step of joint training: the triggering row drops out
     with torch.no_grad():
-        weighted = packed_forward(model, both, lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
-        alone = packed_forward(model, pack_pairs(ANCHOR_FEATS[1:], 0), lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
-        unweighted = packed_forward(model, pack_pairs(ANCHOR_FEATS, 0), lam=0.1, first_weight=3.0, neutral_loss=neutral_loss)
+        weighted = packed_forward(model, both, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
+        alone = packed_forward(model, pack_pairs(ANCHOR_FEATS[1:], 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
+        unweighted = packed_forward(model, pack_pairs(ANCHOR_FEATS, 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
     assert weighted["loss"].item() == pytest.approx(alone["loss"].item(), rel=1e-5)
     assert weighted["loss"].item() != pytest.approx(unweighted["loss"].item(), rel=1e-3)
     assert weighted["nll"].item() == pytest.approx(alone["nll"].item(), rel=1e-5)  # logged over the kept row
@@ -178,10 +178,10 @@ def test_anchor_is_zero_for_an_untrained_adapter_and_trains_only_the_adapter():
 
     model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).train()
     neutral_only = pack_pairs([dict(ANCHOR_FEATS[1])], 0)
-    parts = packed_forward(model, neutral_only, lam=0.1, neutral_loss="anchor")
+    parts = packed_forward(model, neutral_only, orpo_lambda=0.1, neutral_loss="anchor")
     assert parts["anchor_kl"].item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0: the adapter is the base model
     model = _tiny_peft().train()
-    parts = packed_forward(model, neutral_only, lam=0.1, neutral_loss="anchor")
+    parts = packed_forward(model, neutral_only, orpo_lambda=0.1, neutral_loss="anchor")
     parts["loss"].backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in n for n in grads) and any(g is not None and g.abs().sum() > 0 for g in grads.values())

@@ -7,10 +7,11 @@ Usage (reached through generate.run; the key is read from the environment, never
     personaguard generate --set backend=openai --set base_url=http://127.0.0.1:8000/v1 --set llm_model=my-model
 
 Design:
-- Our retry policy is the only one in force (the SDK's max_retries=0): 429, 5xx, timeouts and
-  connection errors back off exponentially with jitter (or as Retry-After says), up to
-  cfg.max_retries per answer. 400/401/403/404/422 mean a wrong key, model or endpoint, so they
-  stop the run at once with one line instead of spending the budget.
+- Transport goes through personaguard.llm_client (the policy the judge and Llama Guard share): 429,
+  5xx, timeouts and connection errors back off exponentially with jitter (or as Retry-After says), up
+  to cfg.max_retries per answer; any other 4xx means a wrong key, model or endpoint, so it stops the
+  run at once with one line instead of spending the budget. Each attempt passes `_take_request`, so
+  every HTTP request counts against cfg.request_budget and in the stats.
 - Invalid answers (see teacher_prompts.parse_example) get their own cfg.max_retries, then the example
   is skipped and counted; it stays missing, so the next run tries it again.
 - Worker threads only talk to the endpoint. The calling thread owns the output file, the dedup
@@ -21,32 +22,26 @@ Design:
 
 from __future__ import annotations
 
-import os
-import random
 import threading
 import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlparse
-
-import openai
+from typing import TYPE_CHECKING
 
 from ..config import GenerateConfig
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, registry
+from .. import llm_client
+from ..llm_client import LLMClient, RetriesExhausted
 from .teacher_prompts import RESPONSE_FORMAT, InvalidOutput, Job, build_messages, normalise_message, parse_example, plan_kind
 from ..schema import Example
 
-BACKOFF_BASE = 1.0  # seconds before the first retry; doubles each time (tests lower it)
-MAX_DELAY = 60.0
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-FATAL = (
-    openai.BadRequestError, openai.AuthenticationError, openai.PermissionDeniedError,
-    openai.NotFoundError, openai.UnprocessableEntityError,
-)
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+if TYPE_CHECKING:
+    import openai
+
+WHAT = "backend 'openai'"  # how messages name this caller
 
 
 @dataclass
@@ -74,38 +69,19 @@ class _Stop(Exception):
 
 
 def api_key(cfg: GenerateConfig) -> str:
-    """The key from cfg.api_key_env; local servers get a placeholder (the SDK insists on one)."""
-    key = os.environ.get(cfg.api_key_env, "").strip()
-    if key:
-        return key
-    host = urlparse(cfg.base_url).hostname if cfg.base_url else None
-    if host in LOCAL_HOSTS:
-        return "no-key"
-    raise PersonaguardError(
-        f"backend 'openai': environment variable {cfg.api_key_env} is empty; export your API key for "
-        f"{cfg.base_url or 'api.openai.com'} there, or set api_key_env to the variable that holds it"
-    )
-
-
-def backoff_delay(attempt: int, exc: Exception | None = None) -> float:
-    """Retry-After when the server sends one, else exponential with jitter (half fixed, half random)."""
-    if isinstance(exc, openai.APIStatusError):
-        try:
-            return min(MAX_DELAY, max(0.0, float(exc.response.headers.get("retry-after", ""))))
-        except ValueError:
-            pass
-    cap = min(MAX_DELAY, BACKOFF_BASE * 2**attempt)
-    return cap / 2 + random.uniform(0, cap / 2)
+    """The key from cfg.api_key_env (a placeholder for a server on this machine); a one-line error if empty."""
+    return llm_client.api_key(cfg.api_key_env, cfg.base_url, WHAT)
 
 
 class _Worker:
     """Turns one Job into one valid Example (or None after the retries); safe to call from threads."""
 
-    def __init__(self, g: Guardrail, cfg: GenerateConfig, key: str, fixed: dict, stats: LLMStats):
-        self.g, self.cfg, self.key, self.fixed, self.stats = g, cfg, key, fixed, stats
-        self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.request_timeout, max_retries=0)
+    def __init__(self, g: Guardrail, cfg: GenerateConfig, fixed: dict, stats: LLMStats):
+        self.g, self.cfg, self.fixed, self.stats = g, cfg, fixed, stats
         self.stop = threading.Event()
         self._budget_lock = threading.Lock()
+        self.client = LLMClient(cfg.base_url, cfg.api_key_env, what=WHAT, timeout=cfg.request_timeout,
+                                max_retries=cfg.max_retries, sleep=self._pause, on_failure=self._failed)
 
     def _take_request(self) -> None:
         with self._budget_lock:
@@ -116,33 +92,30 @@ class _Worker:
                 raise _Stop
             self.stats.add(requests=1)
 
-    def _one_line(self, exc: object) -> str:
-        """An error's first line for a one-line message, the key masked should a server echo it."""
-        return ((str(exc).splitlines() or [""])[0]).replace(self.key, "***")[:300]
+    def _pause(self, seconds: float) -> None:
+        """The backoff between attempts; a shutdown (stop set) ends it and abandons the example."""
+        if self.stop.wait(seconds):
+            raise _Stop
+
+    def _failed(self, detail: str) -> None:
+        self.stats.add(failed_requests=1)
+        self.stats.last_error = detail
 
     def _complete(self, messages: list[dict], seed: int) -> str | None:
         """One answer's text, retrying transport failures; None once they are used up."""
-        for attempt in range(self.cfg.max_retries + 1):
-            self._take_request()
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.cfg.llm_model, messages=messages, response_format=RESPONSE_FORMAT, seed=seed
-                )
-            except FATAL as exc:
-                msg = self._one_line(getattr(exc, "message", exc))
-                raise PersonaguardError(
-                    f"backend 'openai': {self.cfg.base_url or 'api.openai.com'} refused the request "
-                    f"({exc.status_code}: {msg}); check llm_model, base_url and the key in {self.cfg.api_key_env}"
-                ) from None
-            except (*RETRYABLE, openai.APIError) as exc:  # APIError: whatever else the SDK raises (409, odd bodies)
-                self.stats.add(failed_requests=1)
-                self.stats.last_error = f"{type(exc).__name__}: {self._one_line(exc)}"
-                if attempt < self.cfg.max_retries and self.stop.wait(backoff_delay(attempt, exc)):
-                    raise _Stop from None
-                continue
-            choice = resp.choices[0].message if resp.choices else None
-            return (choice.content or "") if choice else ""
-        return None
+
+        def send(sdk: openai.OpenAI):
+            self._take_request()  # every attempt, retries included, counts against the budget
+            return sdk.chat.completions.create(
+                model=self.cfg.llm_model, messages=messages, response_format=RESPONSE_FORMAT, seed=seed
+            )
+
+        try:
+            resp = self.client.request(send)
+        except RetriesExhausted:
+            return None
+        choice = resp.choices[0].message if resp.choices else None
+        return (choice.content or "") if choice else ""
 
     def example(self, job: Job) -> tuple[Example | None, str]:
         """(example, "ok") or (None, reason) with reason in invalid / failed / stopped."""
@@ -175,7 +148,7 @@ def generate(
     stats = LLMStats()
     if not todo:  # a finished data set needs no key and no endpoint
         return stats
-    worker = _Worker(g, cfg, api_key(cfg), fixed, stats)
+    worker = _Worker(g, cfg, fixed, stats)
     others = [o for name, o in sorted(registry([cfg.guardrails_dir] if cfg.guardrails_dir else None).items()) if name != g.name]
     pending: deque[Job] = deque()
     for ex_id, split, i, triggering in todo:

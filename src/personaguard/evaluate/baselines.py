@@ -21,12 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail
-from .judge import openai_client, with_retries
 from ..prompt import render_messages
 from ..schema import Snapshot
+
+if TYPE_CHECKING:
+    import openai
 
 # ---------------------------------------------------------------- Llama Guard 3
 
@@ -93,7 +96,8 @@ class LlamaGuardClient:
 
     `model` that is an existing folder runs locally (transformers, loaded once, greedy, 10 new
     tokens; `load` picks device/precision/4-bit); otherwise it is the model name at `base_url`.
-    `seconds` is the successful request (or the local generate), without retry waits.
+    `seconds` is the successful request (or the local generate), without retry waits. The endpoint is
+    reached through personaguard.llm_client (key from $api_key_env, retries, redaction).
     """
 
     def __init__(
@@ -105,14 +109,17 @@ class LlamaGuardClient:
             raise PersonaguardError(f"LlamaGuardClient api must be 'completions' or 'chat', got {api!r}")
         self.model, self.api, self.history_turns = model, api, history_turns
         self.local = Path(model).expanduser().is_dir()
-        self.base_url, self.api_key_env, self.max_retries, self._sleep = base_url, api_key_env, max_retries, sleep
+        self.base_url, self.api_key_env, self.max_retries = base_url, api_key_env, max_retries
         self._load_opts, self._local = load, None
         if self.local:
             self._client = None
         elif not base_url:
             raise PersonaguardError(f"Llama Guard model {model!r} is not a local folder, so base_url is needed")
         else:
-            self._client = openai_client(base_url, api_key_env, timeout)
+            from ..llm_client import LLMClient  # lazy: the embedding baseline needs no openai SDK
+
+            self._client = LLMClient(base_url, api_key_env, what="Llama Guard", timeout=timeout,
+                                     max_retries=max_retries, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"LlamaGuardClient(base_url={self.base_url!r}, model={self.model!r}, api={self.api!r})"
@@ -122,24 +129,23 @@ class LlamaGuardClient:
         return parse_llama_guard(text), seconds
 
     def _remote(self, guardrail: Guardrail, snapshot: Snapshot) -> tuple[str, float]:
-        def call():
+        def send(sdk: openai.OpenAI) -> tuple[str, float]:
             t0 = time.perf_counter()
             if self.api == "completions":
-                resp = self._client.completions.create(
+                resp = sdk.completions.create(
                     model=self.model, prompt=llama_guard_raw_prompt(guardrail, snapshot, self.history_turns),
                     max_tokens=10, temperature=0.0,
                 )
                 text = resp.choices[0].text if resp.choices else ""
             else:
-                resp = self._client.chat.completions.create(
+                resp = sdk.chat.completions.create(
                     model=self.model, messages=llama_guard_prompt(guardrail, snapshot, self.history_turns),
                     max_tokens=10, temperature=0.0,
                 )
                 text = resp.choices[0].message.content if resp.choices else ""
             return text or "", time.perf_counter() - t0
 
-        return with_retries(call, self.max_retries, f"Llama Guard endpoint {self.base_url}", self.api_key_env,
-                            self._client, self._sleep)
+        return self._client.request(send)
 
     def _local_generate(self, guardrail: Guardrail, snapshot: Snapshot) -> tuple[str, float]:
         import torch

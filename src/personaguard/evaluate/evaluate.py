@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import EvaluateConfig, dump_yaml
-from ..guardrails import get_guardrail, registry
+from ..config import DEFAULT_MAX_PROMPT_TOKENS, EvaluateConfig, dump_yaml
+from ..errors import PersonaguardError
+from ..guardrails import Guardrail, get_guardrail, registry
 from ..metrics import GROUP_FIELDS, detection_metrics, fmt, read_gate, starts_with_tag
 from .predict import gate_rows, group_fields, load_eval_model, predict
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
@@ -90,12 +91,46 @@ def aggregate_runs(per_run: list[dict]) -> dict:
     return out
 
 
+def resolve(cfg: EvaluateConfig) -> tuple[EvaluateConfig, Guardrail]:
+    """`cfg` with the model, prompt length and data path filled in, and the guardrail to evaluate.
+
+    With an adapter these come from its folder (adapters.read_info): evaluating an adapter at another
+    prompt length or on another base than it was trained with measures something else, so a value
+    given that contradicts the folder is refused rather than silently used."""
+    from ..adapters import read_info
+    from ..data.eval_sets import resolve_data
+    from ..models import EMBEDDED, same_model
+
+    extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
+    fill: dict = {"data": str(resolve_data(cfg.data))}
+    if cfg.adapter:
+        info = read_info(cfg.adapter)
+        guardrail = info.guardrail
+        if cfg.guardrail and get_guardrail(cfg.guardrail, extra).name != guardrail.name:
+            raise PersonaguardError(f"guardrail {cfg.guardrail!r} contradicts the adapter {cfg.adapter}, trained for "
+                                    f"{guardrail.name!r}; drop --guardrail (the adapter's is used)")
+        if cfg.model and not same_model(cfg.model, info.base_model):
+            raise PersonaguardError(f"model {cfg.model!r} contradicts the adapter {cfg.adapter}, trained on "
+                                    f"{info.base_model!r}; drop --model (the adapter's is used)")
+        if cfg.max_prompt_tokens and cfg.max_prompt_tokens != info.max_prompt_tokens:
+            raise PersonaguardError(f"max_prompt_tokens {cfg.max_prompt_tokens} contradicts the adapter {cfg.adapter}, "
+                                    f"trained at {info.max_prompt_tokens}; drop it (the adapter's is used)")
+        fill.update(model=cfg.model or info.base_model, max_prompt_tokens=info.max_prompt_tokens, guardrail=guardrail.name)
+    else:
+        if not cfg.guardrail:
+            raise PersonaguardError("evaluate: no adapter and no guardrail; give --guardrail NAME (whose label counts as "
+                                    "triggering) or --adapter DIR")
+        guardrail = get_guardrail(cfg.guardrail, extra)
+        fill.update(model=cfg.model or EMBEDDED, max_prompt_tokens=cfg.max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
+    return cfg.model_copy(update=fill), guardrail
+
+
 def run(cfg: EvaluateConfig) -> EvalResult:
     """Evaluate and write metrics.json, predictions.jsonl, report.md into cfg.out_dir."""
     import contextlib
 
+    cfg, guardrail = resolve(cfg)
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
-    guardrail = get_guardrail(cfg.guardrail, extra)
     labels = set(registry(extra)) | {guardrail.name, NONE_LABEL}
     snaps = read_jsonl(cfg.data, Snapshot, allowed_labels=labels)
     if cfg.limit:

@@ -12,36 +12,37 @@ Usage:
 character and untagged. DESIGN.md's `adherence` is `valid and adheres` over triggering items and
 `neutral_preserved` is `valid and adheres` over neutral items, for either judge.
 
-LLMJudge details: the key is read from the environment variable named by `api_key_env` and goes
-only into the HTTP client (never into the cache, a message or a log). Verdicts are cached in a JSONL
-file keyed by sha256(model, criteria prompt, conversation and reply), so a re-run costs nothing; 429,
-408/409, 5xx, time-outs and dropped connections are retried with exponential backoff (honouring
-Retry-After); an answer that is not the JSON asked for is retried, and if no attempt yields one the
-verdict is invalid with an explanation starting `JUDGE_ERROR` (not cached, so a re-run asks again).
+LLMJudge details: the endpoint is reached through personaguard.llm_client, so the key comes from the
+environment variable named by `api_key_env` (empty: an error at construction, unless the server runs
+on this machine) and goes only into the HTTP client (never into the cache, a message or a log), and
+429, 408/409, 5xx, time-outs and dropped connections are retried with exponential backoff (honouring
+Retry-After). Verdicts are cached in a JSONL file keyed by sha256(model, criteria prompt, conversation
+and reply), so a re-run costs nothing; an answer that is not the JSON asked for is retried, and if no
+attempt yields one the verdict is invalid with an explanation starting `JUDGE_ERROR` (not cached, so a
+re-run asks again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import re
 import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import PersonaguardError
 from ..guardrails import Guardrail
 from ..metrics import starts_with_tag
 from ..schema import Snapshot, append_jsonl, iter_valid_lines, repair_tail
 
+if TYPE_CHECKING:
+    import openai
+
 JUDGE_ERROR = "judge error: "
-T = TypeVar("T")
 
 # ---------------------------------------------------------------- deterministic judge
 
@@ -114,63 +115,6 @@ class TagJudge:
             if tagged:
                 problems.append(f"carries {tag} on a neutral message")
         return {"valid": valid, "adheres": adheres, "explanation": "; ".join(problems) or "ok"}
-
-
-# ---------------------------------------------------------------- OpenAI-compatible plumbing
-
-RETRY_STATUS = {408, 409, 429}  # plus every 5xx, as the OpenAI SDK does
-
-
-def openai_client(base_url: str, api_key_env: str, timeout: float):
-    """An `openai.OpenAI` client with its own retries off (`with_retries` does them, testably).
-
-    A missing key variable is allowed: local servers (vLLM, llama.cpp, Ollama) ignore the key;
-    an endpoint that needs one answers 401, reported with the variable's name.
-    """
-    from openai import OpenAI
-
-    key = os.environ.get(api_key_env) or "not-set"
-    return OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
-
-
-def _redact(text: str, client) -> str:
-    key = getattr(client, "api_key", "")
-    return text.replace(key, "***") if key and key != "not-set" else text
-
-
-def _retry_after(exc) -> float | None:
-    resp = getattr(exc, "response", None)
-    try:
-        return float(resp.headers.get("retry-after")) if resp is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def with_retries(
-    call: Callable[[], T], max_retries: int, what: str, api_key_env: str, client=None,
-    sleep: Callable[[float], None] = time.sleep, base_delay: float = 1.0, max_delay: float = 30.0,
-) -> T:
-    """Run `call`, retrying transient endpoint failures with jittered exponential backoff.
-
-    Other API errors (400, 401, 404 ...) raise PersonaguardError at once, key redacted.
-    """
-    import openai
-
-    for attempt in range(max_retries + 1):
-        try:
-            return call()
-        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as exc:
-            status = getattr(exc, "status_code", None)
-            transient = status is None or status in RETRY_STATUS or status >= 500
-            detail = _redact(str(exc), client)[:300]
-            if not transient:
-                hint = f" (check the key in ${api_key_env})" if status in (401, 403) else ""
-                raise PersonaguardError(f"{what} answered HTTP {status}{hint}: {detail}") from None
-            if attempt == max_retries:
-                raise PersonaguardError(f"{what} failed after {max_retries + 1} attempts: {detail}") from None
-            delay = _retry_after(exc) or base_delay * 2**attempt * random.uniform(0.5, 1.0)
-            sleep(min(delay, max_delay))
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- LLM judge
@@ -273,8 +217,11 @@ class LLMJudge:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
-        self.max_retries, self.temperature, self._sleep = max_retries, temperature, sleep
-        self._client = openai_client(base_url, api_key_env, timeout)
+        self.max_retries, self.temperature = max_retries, temperature
+        from ..llm_client import LLMClient  # lazy: TagJudge users need not load the openai SDK
+
+        self._client = LLMClient(base_url, api_key_env, what="LLM judge", timeout=timeout, max_retries=max_retries,
+                                 sleep=sleep)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, dict] = {}
         if self.cache_path:
@@ -318,16 +265,15 @@ class LLMJudge:
     def _ask(self, messages: list[dict]) -> str | None:
         extra = {} if self.temperature is None else {"temperature": self.temperature}
 
-        def call():
-            self.requests += 1
-            return self._client.chat.completions.create(
+        def send(sdk: openai.OpenAI):
+            self.requests += 1  # every attempt, retries included
+            return sdk.chat.completions.create(
                 model=self.model, messages=messages,
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}},
                 **extra,
             )
 
-        resp = with_retries(call, self.max_retries, f"judge endpoint {self.base_url}", self.api_key_env,
-                            self._client, self._sleep)
+        resp = self._client.request(send)
         choices = getattr(resp, "choices", None) or []
         return choices[0].message.content if choices and choices[0].message else None

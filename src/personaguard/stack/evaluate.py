@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ..config import StackEvalConfig, dump_yaml
 from ..inference import Decoding
 from ..errors import PersonaguardError
-from ..guardrails import get_guardrail
+from ..guardrails import Guardrail
 from ..metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
@@ -150,14 +150,42 @@ def guardrail_metrics(rows: list[dict], g: str, tag: str) -> dict:
     return m
 
 
+def resolve(cfg: StackEvalConfig) -> tuple[StackEvalConfig, dict[str, Guardrail]]:
+    """`cfg` with the base model and prompt length its members were trained with, and each member's guardrail.
+
+    Both come from the adapter folders (adapters.read_info); members trained on different bases or at
+    different prompt lengths cannot share one forward pass, so they are refused, as is a value given
+    here that contradicts them."""
+    from ..adapters import read_info
+    from ..models import same_model
+
+    infos = {name: read_info(d) for name, d in cfg.adapters.items()}
+    for name, info in infos.items():
+        if info.guardrail.name not in (name, Path(name).stem):  # keyed by name, or by the YAML file's path
+            raise PersonaguardError(f"adapters.{name}: {cfg.adapters[name]} was trained for {info.guardrail.name!r}; "
+                                    "key each adapter by its own guardrail")
+    first = next(iter(infos.values()))
+    for field, value in (("model", first.base_model), ("max_prompt_tokens", first.max_prompt_tokens)):
+        given = getattr(cfg, field)
+        for name, info in infos.items():
+            theirs = info.base_model if field == "model" else info.max_prompt_tokens
+            same = same_model(str(theirs), str(value)) if field == "model" else theirs == value
+            if not same:
+                raise PersonaguardError(f"adapters.{name} was trained with {field} {theirs!r}, adapters."
+                                        f"{next(iter(infos))} with {value!r}; stack members must share it")
+        if given is not None and not (same_model(given, value) if field == "model" else given == value):
+            raise PersonaguardError(f"{field} {given!r} contradicts the member adapters ({value!r}); drop it")
+    members = {name: info.guardrail for name, info in infos.items()}
+    return cfg.model_copy(update={"model": cfg.model or first.base_model, "max_prompt_tokens": first.max_prompt_tokens}), members
+
+
 def run(cfg: StackEvalConfig) -> StackEvalResult:
     from ..evaluate.predict import gate_rows, predict
     from ..models import LoadOptions, load_model
     from .routing import gate_thresholds, joint_thresholds, stack_calibration
     from ..adapters import activate, load_stack
 
-    extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
-    members = {name: get_guardrail(name, extra) for name in cfg.adapters}
+    cfg, members = resolve(cfg)
     tags = {g.tag for g in members.values()}
     if len(tags) != 1:
         raise PersonaguardError(f"stacked guardrails must share one tag (a stacked reply begins with it); got {sorted(tags)}")

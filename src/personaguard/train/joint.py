@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from ..config import JointTrainConfig, TrainConfig, dump_yaml
@@ -181,6 +182,7 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     seconds = time.perf_counter() - t0
 
     results = []
+    run_id = uuid.uuid4().hex[:12]  # one id for every member of the run
     for m, g, rows in zip(members, guardrails, val_by_member):
         adapter = Path(m.out_dir)
         _save_member(trainer.model, g.name, adapter)
@@ -191,7 +193,7 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
         trainer.model.base_model.set_adapter([g.name])  # the gate is the member's alone, as routed stacks use it
         finish_adapter(trainer.model, tok, m, g, adapter, [r for r, _ in rows],
                        {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
-                        "train_examples": len(train_feats), "device": device, "joint_run": str(out_dir)})
+                        "train_examples": len(train_feats), "device": device, "joint_run": str(out_dir)}, run_id)
         results.append(TrainResult(adapter, result.global_step, seconds, result.training_loss))
     write_text_atomic(out_dir / "train_result.json", json.dumps(
         {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,

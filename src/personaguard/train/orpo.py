@@ -44,7 +44,7 @@ def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -
     return -F.logsigmoid(log_odds), log_odds
 
 
-def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: float = 0.1,
+def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, orpo_lambda: float = 0.1,
               anchor_loss: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
               anchor_weight: float = 1.0, row_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Batch ORPO loss plus the parts worth logging (all batch means).
@@ -56,13 +56,13 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, lam: flo
     are not finite; with no row left the loss is 0 (the parts are then logged over every row)."""
     if row_mask is not None:
         if not bool(row_mask.any()):
-            parts = orpo_loss(chosen_logps.detach(), rejected_logps.detach(), lam)
+            parts = orpo_loss(chosen_logps.detach(), rejected_logps.detach(), orpo_lambda)
             return {**parts, "loss": chosen_logps[:0].float().sum()}  # 0 with the graph kept for backward
         take = (lambda t: None if t is None else t[row_mask])
-        return orpo_loss(chosen_logps[row_mask], rejected_logps[row_mask], lam, take(anchor_loss), take(anchored), anchor_weight)
+        return orpo_loss(chosen_logps[row_mask], rejected_logps[row_mask], orpo_lambda, take(anchor_loss), take(anchored), anchor_weight)
     or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
     nll_rows = -chosen_logps.float()
-    per_row = nll_rows + lam * or_loss
+    per_row = nll_rows + orpo_lambda * or_loss
     if anchored is not None and bool(anchored.any()):
         per_row = torch.where(anchored, anchor_weight * anchor_loss, per_row)
         scored = ~anchored
@@ -134,10 +134,10 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
-                     first_weight: float = 1.0) -> torch.Tensor:
+                     decision_token_weight: float = 1.0) -> torch.Tensor:
     """Mean log-prob of each reply's tokens from full-sequence logits (the two-sequence reference
     computation the packed one is tested against); only the scored rows go through log_softmax."""
-    return _mean_logp(torch.log_softmax(_at(logits, src).float(), dim=-1), tgt, mask, first_weight)
+    return _mean_logp(torch.log_softmax(_at(logits, src).float(), dim=-1), tgt, mask, decision_token_weight)
 
 
 def _at(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -145,24 +145,24 @@ def _at(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, src[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def _mean_logp(logp: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
-    """Weighted mean token log-prob of each reply from its rows' log-probs; the first token counts `first_weight` times."""
-    return _weighted_mean(logp.gather(-1, tgt[..., None]).squeeze(-1), mask, first_weight)
+def _mean_logp(logp: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean token log-prob of each reply from its rows' log-probs; the first token counts `decision_token_weight` times."""
+    return _weighted_mean(logp.gather(-1, tgt[..., None]).squeeze(-1), mask, decision_token_weight)
 
 
-def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
-    """Mean of each row's masked per-token values; the first reply token counts `first_weight` times."""
+def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0) -> torch.Tensor:
+    """Mean of each row's masked per-token values; the first reply token counts `decision_token_weight` times."""
     m = mask.to(values.dtype)
-    if first_weight != 1.0:
+    if decision_token_weight != 1.0:
         m = m.clone()
-        m[:, 0] *= first_weight
+        m[:, 0] *= decision_token_weight
     return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
-def anchor_kl(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor, first_weight: float = 1.0) -> torch.Tensor:
+def anchor_kl(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0) -> torch.Tensor:
     """Per-row weighted mean over reply positions of KL(base || adapter), from both models' log-probs."""
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
-    return _weighted_mean(kl, mask, first_weight)
+    return _weighted_mean(kl, mask, decision_token_weight)
 
 
 def _split_model(model):
@@ -188,11 +188,11 @@ def _scored_rows(model, kwargs: dict, srcs: list[torch.Tensor]) -> list[torch.Te
     return [head(_at(hidden, s)) for s in srcs]
 
 
-def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weight: float = 1.0,
+def packed_forward(model, batch: dict[str, torch.Tensor], orpo_lambda: float, decision_token_weight: float = 1.0,
                    neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One forward pass over packed pairs -> ORPO loss dict.
 
-    `first_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).
+    `decision_token_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).
     A guardrail's decision is that one token (the tag or a natural first word); in a plain mean over
     ~48 reply tokens it is ~2 % of the signal.
     `neutral_loss="anchor"` scores the batch's neutral rows against the base model instead (KL plus
@@ -210,23 +210,23 @@ def packed_forward(model, batch: dict[str, torch.Tensor], lam: float, first_weig
     )
     c_rows, r_rows = _scored_rows(model, kwargs, [batch["c_src"], batch["r_src"]])
     c_logp = torch.log_softmax(c_rows.float(), dim=-1)  # once: the anchor reuses it
-    chosen = _mean_logp(c_logp, batch["c_tgt"], batch["c_mask"], first_weight)
-    rejected = _mean_logp(torch.log_softmax(r_rows.float(), dim=-1), batch["r_tgt"], batch["r_mask"], first_weight)
+    chosen = _mean_logp(c_logp, batch["c_tgt"], batch["c_mask"], decision_token_weight)
+    rejected = _mean_logp(torch.log_softmax(r_rows.float(), dim=-1), batch["r_tgt"], batch["r_mask"], decision_token_weight)
     swap = batch.get("swap")
     if swap is not None and bool(swap.any()):  # joint training: rows whose guardrail is switched off prefer the untagged reply
         chosen, rejected = torch.where(swap, rejected, chosen), torch.where(swap, chosen, rejected)
     neutral, row_mask = batch.get("neutral"), batch.get("row_mask")
     if neutral_loss != "anchor" or neutral is None or not bool(neutral.any()):
-        return orpo_loss(chosen, rejected, lam, row_mask=row_mask)
+        return orpo_loss(chosen, rejected, orpo_lambda, row_mask=row_mask)
     sub = {k: (v[neutral] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
     with torch.no_grad(), model.disable_adapter():
         (base_rows,) = _scored_rows(model, sub, [batch["c_src"][neutral]])
     logp, base_logp = c_logp[neutral], torch.log_softmax(base_rows.float(), dim=-1)
-    kl = anchor_kl(logp, base_logp, batch["c_mask"][neutral], first_weight)
+    kl = anchor_kl(logp, base_logp, batch["c_mask"][neutral], decision_token_weight)
     # the first reply position predicts both replies' first token; a neutral row's rejected reply starts with the tag
     unwanted = batch["r_tgt"][neutral, :1]
     shift = (logp[:, 0].gather(-1, unwanted) - base_logp[:, 0].gather(-1, unwanted)).squeeze(-1)
     anchor = torch.zeros_like(chosen, dtype=torch.float32)
     anchor[neutral] = kl + tag_anchor_weight * F.huber_loss(shift, torch.zeros_like(shift), reduction="none", delta=1.0)
-    parts = orpo_loss(chosen, rejected, lam, anchor, neutral, anchor_weight, row_mask)
+    parts = orpo_loss(chosen, rejected, orpo_lambda, anchor, neutral, anchor_weight, row_mask)
     return {**parts, "anchor_kl": kl.mean(), "tag_shift": shift.mean()}

@@ -303,12 +303,21 @@ def run(cfg: TrainConfig) -> TrainResult:
     return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
 
 
-def finish_adapter(model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_rows: list[Example], summary: dict) -> float | None:
+def finish_adapter(model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_rows: list[Example], summary: dict,
+                   run_id: str | None = None) -> float | None:
     """Everything an adapter folder holds besides its weights: tokenizer, config, guardrail, the gate
-    calibrated with the model's active adapters, and train_result.json (`summary` + the gate)."""
+    calibrated with the model's active adapters, train_result.json (`summary` + the gate) and
+    personaguard.json, the description later stages read (adapters.read_info)."""
+    import uuid
+
+    from ..adapters import write_info
+
     tok.save_pretrained(out_dir)
     write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
     threshold = calibrate_gate(model, tok, val_rows, guardrail, cfg, out_dir) if val_rows else None
-    write_text_atomic(out_dir / "train_result.json", json.dumps({**summary, "guard_threshold": threshold}, indent=2))
+    run_id = run_id or uuid.uuid4().hex[:12]
+    write_text_atomic(out_dir / "train_result.json", json.dumps({**summary, "guard_threshold": threshold, "run_id": run_id}, indent=2))
+    write_info(out_dir, guardrail=guardrail, base_model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
+               max_reply_tokens=cfg.max_reply_tokens, gate_threshold=threshold, run_id=run_id)
     return threshold
