@@ -6,7 +6,7 @@ distinct-n = unique n-grams / all n-grams over the final messages; max similarit
 held-out (test-side) message, the highest TF-IDF cosine to any train-side message of the same pool
 (1.0 would be a verbatim repeat); share of questions and mean length, because neutral and
 triggering messages that differ in these let an adapter learn "long question -> tag" instead of its
-trigger (docs/benchmarks.md, generalisation); counts per phrasing style.
+trigger (docs/research-log.md, generalisation); counts per phrasing style.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
 from personaguard.data.pools import is_test_item, load_pools
-
 
 STYLES = ["direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift", "short", "continuation", "hard"]
 
@@ -46,8 +45,10 @@ def main() -> None:
         mean, mx, ntr, nte = max_sim(texts)
         q = sum("?" in t for t in texts) / len(texts)
         chars = sum(len(t) for t in texts) / len(texts)
-        print(f"| {name} | {len(texts)} | {distinct(texts, 1):.3f} | {distinct(texts, 2):.3f} | {ntr} / {nte} | {mean:.3f} | {mx:.3f} "
-              f"| {q:.0%} | {chars:.0f} |")
+        print(
+            f"| {name} | {len(texts)} | {distinct(texts, 1):.3f} | {distinct(texts, 2):.3f} | {ntr} / {nte} | {mean:.3f} | {mx:.3f} "
+            f"| {q:.0%} | {chars:.0f} |"
+        )
     print()
     print("| pool | " + " | ".join(STYLES) + " |")
     print("|---|" + "---|" * len(STYLES))
@@ -58,8 +59,10 @@ def main() -> None:
         c = Counter(x.get("style", "?") for x in items)
         print(f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in STYLES) + " |")
     print()
-    print(f"personas {len(p.personas)}, memories {len(p.memories)}, histories {len(p.histories)} "
-          f"(lengths {dict(sorted(Counter(len(h) for h in p.histories).items()))})")
+    print(
+        f"personas {len(p.personas)}, memories {len(p.memories)}, histories {len(p.histories)} "
+        f"(lengths {dict(sorted(Counter(len(h) for h in p.histories).items()))})"
+    )
 
 
 if __name__ == "__main__":

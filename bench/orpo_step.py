@@ -42,10 +42,10 @@ def two_sequence_forward(model, feats, pad_id, orpo_lambda):
 def main() -> None:
     from personaguard.config import GenerateConfig, TrainConfig
     from personaguard.data.generate import OfflineGenerator
+    from personaguard.data.pools import load_pools
     from personaguard.guardrails import get_guardrail
     from personaguard.models import EMBEDDED, load_model
     from personaguard.train.orpo import pack_pairs, packed_forward
-    from personaguard.data.pools import load_pools
     from personaguard.train.train import _lora_model, tokenize_examples
 
     ap = argparse.ArgumentParser()
@@ -82,12 +82,16 @@ def main() -> None:
 
     results = {}
     for name, fn in (("two_sequences", step_two), ("shared_prefix", step_packed), ("two_sequences_again", step_two)):
-        fn().backward(); opt.zero_grad()  # warm-up
+        fn().backward()
+        opt.zero_grad()  # warm-up
         if dev.type == "cuda":
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for _ in range(a.steps):
-            fn().backward(); opt.step(); opt.zero_grad()
+            fn().backward()
+            opt.step()
+            opt.zero_grad()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         results[name] = (time.perf_counter() - t0) / a.steps
@@ -101,10 +105,10 @@ def compare_top_layers(a) -> None:
     """Shared-prefix step time, LoRA in every layer vs in the last N (fresh model each, same pairs)."""
     from personaguard.config import GenerateConfig, TrainConfig
     from personaguard.data.generate import OfflineGenerator
+    from personaguard.data.pools import load_pools
     from personaguard.guardrails import get_guardrail
     from personaguard.models import LoadOptions, load_model
     from personaguard.train.orpo import pack_pairs, packed_forward
-    from personaguard.data.pools import load_pools
     from personaguard.train.train import _lora_model, tokenize_examples
 
     gen = OfflineGenerator(get_guardrail("politics"), GenerateConfig(), load_pools(), "train")
@@ -116,10 +120,13 @@ def compare_top_layers(a) -> None:
         model = _lora_model(model, tcfg).train()
         batch = {k: v.to(model.device) for k, v in pack_pairs(tokenize_examples(examples, tok, tcfg), tok.pad_token_id).items()}
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        packed_forward(model, batch, 0.1)["loss"].backward(); opt.zero_grad()  # warm-up
+        packed_forward(model, batch, 0.1)["loss"].backward()
+        opt.zero_grad()  # warm-up
         t0 = time.perf_counter()
         for _ in range(a.steps):
-            packed_forward(model, batch, 0.1)["loss"].backward(); opt.step(); opt.zero_grad()
+            packed_forward(model, batch, 0.1)["loss"].backward()
+            opt.step()
+            opt.zero_grad()
         results[name] = (time.perf_counter() - t0) / a.steps
         print(f"{name:>20}: {results[name]:.3f} s/step (tokens per step {batch['input_ids'].numel()})")
     base = (results["all_layers"] + results["all_layers_again"]) / 2

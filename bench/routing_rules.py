@@ -24,13 +24,13 @@ from pathlib import Path
 
 
 def main() -> None:
+    from personaguard.adapters import load_stack, use_adapters
     from personaguard.inference import guard_pass
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
-    from personaguard.stack.routing import gate_thresholds, joint_gate
     from personaguard.schema import Snapshot, read_jsonl
-    from personaguard.adapters import load_stack, use_adapters
     from personaguard.stack.evaluate import shared_items
+    from personaguard.stack.routing import gate_thresholds, joint_gate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
@@ -66,8 +66,12 @@ def main() -> None:
             joint = {g: joint_gate(passes[g].scores, [s.label for s in snaps], g) for g in G}
             rules["joint"] = lambda sc, gr, g: gr if joint[g] is None else sc >= joint[g]
             rules["greedy & joint"] = lambda sc, gr, g: gr and (joint[g] is None or sc >= joint[g])
-            print("\ngates " + "  ".join(f"{g} {gate[g]:.3f}" for g in G) + "  |  joint " +
-                  "  ".join(f"{g} {joint[g]:.3f}" if joint[g] is not None else f"{g} -" for g in G))
+            print(
+                "\ngates "
+                + "  ".join(f"{g} {gate[g]:.3f}" for g in G)
+                + "  |  joint "
+                + "  ".join(f"{g} {joint[g]:.3f}" if joint[g] is not None else f"{g} -" for g in G)
+            )
         neutral = [i for i, s in enumerate(snaps) if s.label == "none"]
         print(f"\n{split}: {len(snaps)} items, {len(neutral)} neutral")
         for name, fires in rules.items():
@@ -79,8 +83,10 @@ def main() -> None:
                 greedy = rate(own, lambda i: passes[g].greedy[i])
                 alone = lambda i: fires(passes[g].scores[i], passes[g].greedy[i], g)  # noqa: E731
                 stack = rate(own, lambda i: fired[i])
-                cells.append(f"{g} greedy {greedy:.3f}/{rate(neutral, lambda i: passes[g].greedy[i]):.3f} "
-                             f"rule {rate(own, alone):.3f}/{rate(neutral, alone):.3f} -> {stack:.3f} ({stack / max(greedy, 1e-9):.2f})")
+                cells.append(
+                    f"{g} greedy {greedy:.3f}/{rate(neutral, lambda i: passes[g].greedy[i]):.3f} "
+                    f"rule {rate(own, alone):.3f}/{rate(neutral, alone):.3f} -> {stack:.3f} ({stack / max(greedy, 1e-9):.2f})"
+                )
             print(f"  {name:>18}: " + "  ".join(cells) + f"  stack false {sum(fired[i] for i in neutral) / len(neutral):.3f}")
 
 

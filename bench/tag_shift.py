@@ -13,7 +13,7 @@ each setting, each member's median shift from the base model, the sum's shift ne
 members' shifts, and how many items each setting's greedy reply would tag. Members trained with
 ORPO's neutral rows push the tag down outside their own trigger (a negative shift on the other
 labels), which makes the stack lose tags; members that raise it a little everywhere make the stack
-fire on neutral turns (docs/benchmarks.md, "Members that add up").
+fire on neutral turns (docs/research-log.md, "Members that add up").
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import statistics
 
 
 def main() -> None:
+    from personaguard.adapters import load_stack, use_adapters
     from personaguard.inference import guard_pass
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot, read_jsonl
-    from personaguard.adapters import load_stack, use_adapters
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapters", nargs="+", required=True, help="Member adapter folders (named after their folders).")
@@ -49,7 +49,9 @@ def main() -> None:
                 seen.add(s.id)
                 by_label[s.label].append(s)
     settings = {"base": [], **{n: [n] for n in names}, "sum": names}
-    print("| label | n | setting | median log P(tag's first token) | median shift vs base | greedy tags |\n|---|---|---|---|---|---|")
+    print(
+        "| label | n | setting | median log P(tag's first token) | median shift vs base | greedy tags |\n|---|---|---|---|---|---|"
+    )
     for label, items in sorted(by_label.items()):
         prompts = [prompt_ids(tok, s, args.max_prompt_tokens) for s in items]
         logp, greedy = {}, {}
@@ -63,8 +65,10 @@ def main() -> None:
         for setting in settings:
             shift = statistics.median(x - b for x, b in zip(logp[setting], base))
             extra = f" (members' shifts summed: {statistics.median(members_sum):+.1f})" if setting == "sum" else ""
-            print(f"| {label} | {len(items)} | {setting} | {statistics.median(logp[setting]):.1f} | {shift:+.1f}{extra} | "
-                  f"{greedy[setting]} |")
+            print(
+                f"| {label} | {len(items)} | {setting} | {statistics.median(logp[setting]):.1f} | {shift:+.1f}{extra} | "
+                f"{greedy[setting]} |"
+            )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def politics_run(smol, tmp_path_factory):
     """Thirty ORPO steps on the real model: enough to move the guard score, cheap enough for CI.
 
     The data has no hard negatives: telling a political question from a same-shaped contrast one
-    ("...the new tax bill?" / "...the new spider-man movie?") takes ~100 steps (docs/benchmarks.md),
+    ("...the new tax bill?" / "...the new spider-man movie?") takes ~100 steps (docs/research-log.md),
     while thirty steps do learn the topic against ordinary neutral turns, which is what these checks need."""
     from personaguard.data import generate
     from personaguard.train import train

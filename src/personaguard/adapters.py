@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from .models import LoadOptions
 
+
 def adapter_name(adapter_dir: str | Path) -> str:
     """The folder's name, made a valid PEFT adapter name (PEFT keys modules by it: no '.')."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", Path(adapter_dir).resolve().name)
@@ -173,18 +174,37 @@ class AdapterInfo:
     run_id: str | None
 
 
-def write_info(out_dir: str | Path, *, guardrail: Guardrail, base_model: str, max_prompt_tokens: int,
-               max_reply_tokens: int, gate_threshold: float | None, run_id: str) -> Path:
+def write_info(
+    out_dir: str | Path,
+    *,
+    guardrail: Guardrail,
+    base_model: str,
+    max_prompt_tokens: int,
+    max_reply_tokens: int,
+    gate_threshold: float | None,
+    run_id: str,
+) -> Path:
     """Record the adapter's description in `out_dir/personaguard.json` (atomically)."""
     from . import __version__
     from .schema import write_text_atomic
 
     path = Path(out_dir) / INFO_FILE
-    write_text_atomic(path, json.dumps({
-        "format": 1, "guardrail": guardrail.model_dump(mode="json"), "base_model": base_model,
-        "max_prompt_tokens": max_prompt_tokens, "max_reply_tokens": max_reply_tokens,
-        "gate_threshold": gate_threshold, "run_id": run_id, "personaguard_version": __version__,
-    }, indent=2))
+    write_text_atomic(
+        path,
+        json.dumps(
+            {
+                "format": 1,
+                "guardrail": guardrail.model_dump(mode="json"),
+                "base_model": base_model,
+                "max_prompt_tokens": max_prompt_tokens,
+                "max_reply_tokens": max_reply_tokens,
+                "gate_threshold": gate_threshold,
+                "run_id": run_id,
+                "personaguard_version": __version__,
+            },
+            indent=2,
+        ),
+    )
     return path
 
 
@@ -204,20 +224,36 @@ def read_info(adapter_dir: str | Path) -> AdapterInfo:
     if info_path.is_file():
         try:
             raw = json.loads(info_path.read_text(encoding="utf-8"))
-            return AdapterInfo(folder, Guardrail.model_validate(raw["guardrail"]), raw["base_model"],
-                               int(raw["max_prompt_tokens"]), int(raw["max_reply_tokens"]), raw.get("gate_threshold"),
-                               raw.get("run_id"))
+            return AdapterInfo(
+                folder,
+                Guardrail.model_validate(raw["guardrail"]),
+                raw["base_model"],
+                int(raw["max_prompt_tokens"]),
+                int(raw["max_reply_tokens"]),
+                raw.get("gate_threshold"),
+                raw.get("run_id"),
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise PersonaguardError(f"{info_path}: not a valid adapter description ({exc}); retrain or restore the file") from None
+            raise PersonaguardError(
+                f"{info_path}: not a valid adapter description ({exc}); retrain or restore the file"
+            ) from None
     cfg_path, g_path = home / "config.yaml", home / "guardrail.yaml"
     if not (cfg_path.is_file() and g_path.is_file()):
-        raise PersonaguardError(f"{home}: no {INFO_FILE} (nor config.yaml + guardrail.yaml); this PEFT folder was not "
-                                "trained by personaguard, so its guardrail and base model are unknown")
+        raise PersonaguardError(
+            f"{home}: no {INFO_FILE} (nor config.yaml + guardrail.yaml); this PEFT folder was not "
+            "trained by personaguard, so its guardrail and base model are unknown"
+        )
     from .config import TrainConfig
 
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
     defaults = TrainConfig.model_fields
     guardrail = Guardrail.model_validate(yaml.safe_load(g_path.read_text(encoding="utf-8")))
-    return AdapterInfo(folder, guardrail, cfg.get("model") or defaults["model"].default,
-                       int(cfg.get("max_prompt_tokens", defaults["max_prompt_tokens"].default)),
-                       int(cfg.get("max_reply_tokens", defaults["max_reply_tokens"].default)), read_gate(home), None)
+    return AdapterInfo(
+        folder,
+        guardrail,
+        cfg.get("model") or defaults["model"].default,
+        int(cfg.get("max_prompt_tokens", defaults["max_prompt_tokens"].default)),
+        int(cfg.get("max_reply_tokens", defaults["max_reply_tokens"].default)),
+        read_gate(home),
+        None,
+    )

@@ -73,11 +73,21 @@ def generate(
     api_key_env: Optional[str] = typer.Option(None, help="openai backend: env var holding the API key."),
 ):
     """Generate synthetic preference data (resumable JSONL + train/validation/test split)."""
-    from .data import generate as generate_mod
     from .config import GenerateConfig, load_config
+    from .data import generate as generate_mod
 
-    over = _overrides(set_, guardrail=guardrail, n=n, variation=variation, seed=seed, out_dir=out_dir, backend=backend,
-                      base_url=base_url, llm_model=llm_model, api_key_env=api_key_env)
+    over = _overrides(
+        set_,
+        guardrail=guardrail,
+        n=n,
+        variation=variation,
+        seed=seed,
+        out_dir=out_dir,
+        backend=backend,
+        base_url=base_url,
+        llm_model=llm_model,
+        api_key_env=api_key_env,
+    )
     cfg = load_config(GenerateConfig, config, over)
     res = generate_mod.run(cfg)
     typer.echo(f"{res.data_dir}: {res.counts}")
@@ -96,8 +106,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
 ):
     """Train one LoRA adapter with ORPO (writes a PEFT adapter folder + metrics.csv)."""
-    from .train import train as train_mod
     from .config import TrainConfig, load_config
+    from .train import train as train_mod
 
     over = _overrides(set_, data_dir=data_dir, out_dir=out_dir, guardrail=guardrail, model=model)
     if resume:
@@ -115,8 +125,8 @@ def train_joint(
     """Train several guardrail adapters together for stacking: each step a random subset is active, and a
     row whose guardrail is off is answered without the tag. Config: members (guardrail -> data_dir,
     out_dir), out_dir (the joint run), train (shared TrainConfig fields)."""
-    from .train import joint as joint_mod
     from .config import JointTrainConfig, load_config
+    from .train import joint as joint_mod
 
     cfg = load_config(JointTrainConfig, config, set_)
     for res in joint_mod.run(cfg, str(config or "config")):
@@ -133,14 +143,24 @@ def evaluate(
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's)."),
     out_dir: Optional[str] = typer.Option(None, help="Output folder."),
     limit: Optional[int] = typer.Option(None, help="Evaluate at most N items."),
-    checkpoints: Optional[str] = typer.Option(None, help="Also evaluate checkpoints: 'all' or steps like 25,50 (a curve per step)."),
+    checkpoints: Optional[str] = typer.Option(
+        None, help="Also evaluate checkpoints: 'all' or steps like 25,50 (a curve per step)."
+    ),
 ):
     """Evaluate with/without adapter on any Snapshot JSONL; writes metrics.json, predictions.jsonl, report.md."""
-    from .evaluate import evaluate as evaluate_mod
     from .config import EvaluateConfig, load_config
+    from .evaluate import evaluate as evaluate_mod
 
-    over = _overrides(set_, data=data, adapter=adapter, guardrail=guardrail, model=model, out_dir=out_dir, limit=limit,
-                      checkpoints=f"[{checkpoints}]" if checkpoints else None)
+    over = _overrides(
+        set_,
+        data=data,
+        adapter=adapter,
+        guardrail=guardrail,
+        model=model,
+        out_dir=out_dir,
+        limit=limit,
+        checkpoints=f"[{checkpoints}]" if checkpoints else None,
+    )
     given = {s.split("=", 1)[0].strip() for s in over}
     if adapter is None and "adapter" not in given and "settings" not in given and config is None:
         over.insert(0, "settings=[none]")  # without an adapter only the base model can answer; explicit settings win
@@ -180,9 +200,11 @@ def _stack_help() -> str:
     from .config import STACK_METHOD_HELP  # pydantic and yaml only, no torch
 
     methods = "\n".join(f"  {k}: {v}" for k, v in STACK_METHOD_HELP.items())
-    return ("Evaluate guardrails stacked: no adapter, each single and every method on one shared item set.\n\n"
-            "Members go in the YAML (`adapters:` guardrail -> adapter folder, `test_data:` guardrail -> test JSONL); "
-            "`pipeline` with a `stack:` section fills them in.\n\nMethods (`methods:` in the YAML):\n\n\b\n" + methods)
+    return (
+        "Evaluate guardrails stacked: no adapter, each single and every method on one shared item set.\n\n"
+        "Members go in the YAML (`adapters:` guardrail -> adapter folder, `test_data:` guardrail -> test JSONL); "
+        "`pipeline` with a `stack:` section fills them in.\n\nMethods (`methods:` in the YAML):\n\n\b\n" + methods
+    )
 
 
 @app.command(help=_stack_help())
@@ -191,8 +213,8 @@ def stack(
     set_: Optional[list[str]] = SetOpt,
     out_dir: Optional[str] = typer.Option(None, help="Output folder (merged adapters, stack_metrics.json, stack_table.md/csv)."),
 ):
-    from .stack import evaluate as stack_eval
     from .config import StackEvalConfig, load_config
+    from .stack import evaluate as stack_eval
 
     cfg = load_config(StackEvalConfig, config, _overrides(set_, out_dir=out_dir))
     res = stack_eval.run(cfg)
@@ -317,8 +339,11 @@ def main() -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        typer.echo("interrupted: files written so far are kept; run the same command again to continue "
-                   "(generate resumes where it stopped; train continues with --resume)", err=True)
+        typer.echo(
+            "interrupted: files written so far are kept; run the same command again to continue "
+            "(generate resumes where it stopped; train continues with --resume)",
+            err=True,
+        )
         sys.exit(130)
     except typer.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)

@@ -30,39 +30,68 @@ class GenerateOptions(_Strict):
     """What `generate` makes; the pipeline's `generate:` section (guardrail and folders are filled in)."""
 
     backend: Literal["offline", "openai"] = Field(
-        "offline", description="Data source: 'offline' draws from the packaged pools; 'openai' asks an OpenAI-compatible endpoint."
+        "offline",
+        description="Data source: 'offline' draws from the packaged pools; 'openai' asks an OpenAI-compatible endpoint.",
     )
     variation: Variation = Field("vary_all", description="Which snapshot fields vary between examples.")
     n: int = Field(400, ge=4, description="Total examples (train + validation + test).")
     trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
     hard_negative_share: float = Field(0.3, ge=0, le=1, description="Share of neutral examples that are near-miss messages.")
-    cross_negative_share: float = Field(0.0, ge=0, le=1, description="Share of neutral examples whose message triggers another guardrail.")
+    cross_negative_share: float = Field(
+        0.0, ge=0, le=1, description="Share of neutral examples whose message triggers another guardrail."
+    )
     continuation_share: float = Field(
-        0.25, ge=0, le=1, description="Share of neutral examples whose message is the next user turn of their own history "
-        "(a coherent continuation, as most real neutral turns are), with that conversation's reply as chosen.")
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of neutral examples whose message is the next user turn of their own history "
+        "(a coherent continuation, as most real neutral turns are), with that conversation's reply as chosen.",
+    )
     multi_message_share: float = Field(
-        0.25, ge=0, le=1, description="Share of final messages sent as several chat lines (a short lead line before it or a "
-        "tail after it, triggering or not), as people type in real chats.")
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of final messages sent as several chat lines (a short lead line before it or a "
+        "tail after it, triggering or not), as people type in real chats.",
+    )
     mixed_turn_share: float = Field(
-        0.2, ge=0, le=1, description="Share of final messages sent together with an unrelated everyday line (before or after "
-        "it, triggering or not): real turns often bury a proposal or a question among other news.")
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of final messages sent together with an unrelated everyday line (before or after "
+        "it, triggering or not): real turns often bury a proposal or a question among other news.",
+    )
     shared_hard_share: float = Field(
-        0.4, ge=0, le=1, description="Share of hard negatives taken from the other guardrails' near-miss pools (they are "
-        "neutral for every guardrail), so stacked adapters do not fire on each other's near-misses.")
+        0.4,
+        ge=0,
+        le=1,
+        description="Share of hard negatives taken from the other guardrails' near-miss pools (they are "
+        "neutral for every guardrail), so stacked adapters do not fire on each other's near-misses.",
+    )
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")
     # backend 'openai' only; the fields below do not affect the offline backend
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None = api.openai.com).")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (None = api.openai.com)."
+    )
     llm_model: str = Field("gpt-4o-mini", min_length=1, description="Model name sent to the endpoint.")
-    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the API key (the key itself is never stored).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", min_length=1, description="Environment variable holding the API key (the key itself is never stored)."
+    )
     concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="Retries per example for failed requests (429/5xx/timeouts) and, separately, for invalid or duplicate outputs.")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries per example for failed requests (429/5xx/timeouts) and, separately, for invalid or duplicate outputs.",
+    )
     request_timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned and retried.")
-    request_budget: int = Field(0, ge=0, description="Stop cleanly after this many requests (0 = unlimited); run again to continue.")
+    request_budget: int = Field(
+        0, ge=0, description="Stop cleanly after this many requests (0 = unlimited); run again to continue."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "GenerateOptions":
+    def _check(self) -> GenerateOptions:
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
         return self
@@ -82,29 +111,49 @@ class TrainOptions(_Strict):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | str = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
-    lora_top_layers: int = Field(0, ge=0, description="0 = LoRA in every decoder layer; N = only in the last N layers, so the "
-        "backward pass stops below them (half the step time at N = 15 of 30 on CPU; bench/orpo_step.py --top-layers).")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection."
+    )
+    lora_top_layers: int = Field(
+        0,
+        ge=0,
+        description="0 = LoRA in every decoder layer; N = only in the last N layers, so the "
+        "backward pass stops below them (half the step time at N = 15 of 30 on CPU; bench/orpo_step.py --top-layers).",
+    )
     orpo_lambda: float = Field(0.1, ge=0, description="Weight of the odds-ratio term (ORPO's lambda/beta).")
     decision_token_weight: float = Field(
-        1.0, ge=1, description="Weight of each reply's first token (tag or not) in ORPO's mean token log-prob; 1 = plain ORPO.")
+        1.0, ge=1, description="Weight of each reply's first token (tag or not) in ORPO's mean token log-prob; 1 = plain ORPO."
+    )
     neutral_loss: Literal["orpo", "anchor"] = Field(
-        "orpo", description="Loss on neutral (label 'none') rows: 'orpo' = NLL(chosen) + odds ratio against the tagged "
+        "orpo",
+        description="Loss on neutral (label 'none') rows: 'orpo' = NLL(chosen) + odds ratio against the tagged "
         "refusal, as in the paper; 'anchor' = answer as the base model would (KL over the chosen reply, and the tag's "
         "log-probability held at the base's), which teaches no tag suppression outside the trigger (summed stacks of such "
-        "members still lost tags on SmolLM2: docs/benchmarks.md, 'Members that add up').")
-    anchor_weight: float = Field(1.0, gt=0, description="With neutral_loss 'anchor': weight of a neutral row's anchor loss "
-        "against a triggering row's ORPO loss.")
-    tag_anchor_weight: float = Field(1.0, ge=0, description="With neutral_loss 'anchor': weight of the Huber penalty on the "
-        "shift of the tag's log-probability from the base model's at a neutral reply's start (0 = KL only; see train/orpo.py).")
+        "members still lost tags on SmolLM2: docs/research-log.md, 'Members that add up').",
+    )
+    anchor_weight: float = Field(
+        1.0,
+        gt=0,
+        description="With neutral_loss 'anchor': weight of a neutral row's anchor loss against a triggering row's ORPO loss.",
+    )
+    tag_anchor_weight: float = Field(
+        1.0,
+        ge=0,
+        description="With neutral_loss 'anchor': weight of the Huber penalty on the "
+        "shift of the tag's log-probability from the base model's at a neutral reply's start (0 = KL only; see train/orpo.py).",
+    )
     lr: float = Field(5e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")
     batch_size: int = Field(8, ge=1, description="Pairs per device step.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of the steps.")
-    max_prompt_tokens: int = Field(DEFAULT_MAX_PROMPT_TOKENS, ge=16, description="Prompts are cut to this (oldest history "
-        "first); recorded in the adapter folder, so evaluation, stacking and serving cut prompts the same way.")
+    max_prompt_tokens: int = Field(
+        DEFAULT_MAX_PROMPT_TOKENS,
+        ge=16,
+        description="Prompts are cut to this (oldest history "
+        "first); recorded in the adapter folder, so evaluation, stacking and serving cut prompts the same way.",
+    )
     max_reply_tokens: int = Field(64, ge=4, description="Chosen/rejected replies are cut to this.")
     logging_steps: int = Field(5, ge=1, description="Log (and write metrics.csv) every N steps.")
     eval_steps: int = Field(0, ge=0, description="Validation loss every N steps (0 = once per epoch).")
@@ -116,16 +165,22 @@ class TrainOptions(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (CUDA + bitsandbytes).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (big models on GPU).")
-    report_to: list[str] = Field(default_factory=list, description="transformers report_to integrations (e.g. tensorboard, wandb).")
+    report_to: list[str] = Field(
+        default_factory=list, description="transformers report_to integrations (e.g. tensorboard, wandb)."
+    )
     frozen_adapters: list[str] = Field(
-        default_factory=list, description="Stack-aware training: these adapter folders stay loaded, active and frozen while "
-        "the new adapter trains, so it learns to work on top of them (for use in that stack).")
+        default_factory=list,
+        description="Stack-aware training: these adapter folders stay loaded, active and frozen while "
+        "the new adapter trains, so it learns to work on top of them (for use in that stack).",
+    )
     extra_data_dirs: list[str] = Field(
-        default_factory=list, description="More `generate` folders whose train.jsonl is mixed into this adapter's training "
-        "data (stack-aware training gives a chain member the earlier members' data, so it learns the whole stack's behaviour).")
+        default_factory=list,
+        description="More `generate` folders whose train.jsonl is mixed into this adapter's training "
+        "data (stack-aware training gives a chain member the earlier members' data, so it learns the whole stack's behaviour).",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainOptions":
+    def _check(self) -> TrainOptions:
         if self.load_in_4bit and self.device == "cpu":
             raise ValueError("load_in_4bit needs device 'cuda' or 'auto' on a GPU machine; set load_in_4bit: false on CPU")
         return self
@@ -150,18 +205,28 @@ class JointOptions(_Strict):
     """How the members' steps are drawn; the pipeline's `joint:` section."""
 
     full_stack_share: float = Field(
-        0.0, ge=0, le=1, description="Share of steps with every member active; the steps that are neither these nor "
-        "neutral_stack_share's draw uniformly from all non-empty subsets (0 = all subsets equally, each member alone included).")
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of steps with every member active; the steps that are neither these nor "
+        "neutral_stack_share's draw uniformly from all non-empty subsets (0 = all subsets equally, each member alone included).",
+    )
     neutral_stack_share: float = Field(
-        0.0, ge=0, le=1, description="Share of steps with every member active on which only the neutral rows are "
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of steps with every member active on which only the neutral rows are "
         "scored (their loss a mean over the batch's neutral rows): the full stack learns where not to fire without the "
-        "extra tagged rows that full_stack_share adds.")
+        "extra tagged rows that full_stack_share adds.",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "JointOptions":
+    def _check(self) -> JointOptions:
         if self.full_stack_share + self.neutral_stack_share > 1:
-            raise ValueError(f"full_stack_share + neutral_stack_share: {self.full_stack_share} + "
-                             f"{self.neutral_stack_share} is over 1; they are shares of the same steps")
+            raise ValueError(
+                f"full_stack_share + neutral_stack_share: {self.full_stack_share} + "
+                f"{self.neutral_stack_share} is over 1; they are shares of the same steps"
+            )
         return self
 
 
@@ -171,9 +236,12 @@ class JointTrainConfig(JointOptions):
     model: str = Field(EMBEDDED, description="Base model of every member: embedded name, local folder or HF id.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     members: dict[str, JointMember] = Field(
-        ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more.")
+        ..., description="Guardrail name (or YAML path) -> its data and adapter folders; two or more."
+    )
     out_dir: str = Field(..., description="Folder of the joint run itself: metrics.csv and train_result.json.")
-    train: TrainOptions = Field(default_factory=TrainOptions, description="Training options shared by every member (lr, epochs, ...).")
+    train: TrainOptions = Field(
+        default_factory=TrainOptions, description="Training options shared by every member (lr, epochs, ...)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -188,22 +256,28 @@ class JointTrainConfig(JointOptions):
         return data
 
     @model_validator(mode="after")
-    def _check_members(self) -> "JointTrainConfig":
+    def _check_members(self) -> JointTrainConfig:
         if len(self.members) < 2:
             raise ValueError(f"members: joint training needs two or more guardrails, got {len(self.members)}")
         for key in ("frozen_adapters", "extra_data_dirs"):
             if getattr(self.train, key):
-                raise ValueError(f"train.{key} is for one adapter trained on top of others; joint training trains "
-                                 "every member together, drop it")
+                raise ValueError(
+                    f"train.{key} is for one adapter trained on top of others; joint training trains "
+                    "every member together, drop it"
+                )
         if self.train.resume:
             raise ValueError("train.resume: joint training cannot resume from a checkpoint yet; start it again")
         return self
 
-    def member_configs(self, source: str = "config") -> list["TrainConfig"]:
+    def member_configs(self, source: str = "config") -> list[TrainConfig]:
         """One TrainConfig per member: the shared options plus the model, its guardrail and folders."""
         shared = {**self.train.model_dump(), "model": self.model, "guardrails_dir": self.guardrails_dir}
-        return [build(TrainConfig, {**shared, "guardrail": g, "data_dir": m.data_dir, "out_dir": m.out_dir},
-                      f"{source} (members.{g})") for g, m in self.members.items()]
+        return [
+            build(
+                TrainConfig, {**shared, "guardrail": g, "data_dir": m.data_dir, "out_dir": m.out_dir}, f"{source} (members.{g})"
+            )
+            for g, m in self.members.items()
+        ]
 
 
 class EndpointConfig(_Strict):
@@ -233,8 +307,10 @@ class EvaluateOptions(_Strict):
     batch_size: int = Field(16, ge=1, description="Items per generation batch.")
     limit: int = Field(0, ge=0, description="Evaluate at most this many items (0 = all).")
     checkpoints: list[str] = Field(
-        default_factory=list, description="Also evaluate these checkpoint-N folders of the adapter ('all' or step numbers); "
-        "writes checkpoints.json/csv, a curve of the detection metrics per step.")
+        default_factory=list,
+        description="Also evaluate these checkpoint-N folders of the adapter ('all' or step numbers); "
+        "writes checkpoints.json/csv, a curve of the detection metrics per step.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")
     load_in_4bit: bool = Field(False, description="4-bit base weights (CUDA + bitsandbytes).")
@@ -245,7 +321,7 @@ class EvaluateOptions(_Strict):
         return [str(c) for c in v] if isinstance(v, list) else v  # YAML reads `[25, 50]` as numbers
 
     @model_validator(mode="after")
-    def _check(self) -> "EvaluateOptions":
+    def _check(self) -> EvaluateOptions:
         if "adapter_gated" in self.settings and "adapter" not in self.settings:
             raise ValueError("settings includes 'adapter_gated' but not 'adapter' (the gate reuses its replies); add 'adapter'")
         if "llama_guard" in self.settings and not self.llama_guard:
@@ -259,27 +335,37 @@ class EvaluateConfig(EvaluateOptions):
     With an adapter, its folder supplies the guardrail, the base model and the prompt length it was
     trained with (adapters.read_info); a value given here that contradicts the folder is refused."""
 
-    model: str | None = Field(None, description="Base model; default: the adapter's base model (the embedded model without an adapter).")
+    model: str | None = Field(
+        None, description="Base model; default: the adapter's base model (the embedded model without an adapter)."
+    )
     adapter: str | None = Field(None, description="PEFT adapter folder (or a checkpoint-N inside it).")
-    guardrail: str | None = Field(None, description="Guardrail whose label counts as triggering; default: the adapter's "
-                                  "(required without an adapter).")
+    guardrail: str | None = Field(
+        None, description="Guardrail whose label counts as triggering; default: the adapter's (required without an adapter)."
+    )
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
-    data: str = Field(..., description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data), or a packaged set "
-                      "name such as real-chats-v1.")
+    data: str = Field(
+        ...,
+        description="Snapshot JSONL to evaluate (e.g. test.jsonl or outside data), or a packaged set name such as real-chats-v1.",
+    )
     out_dir: str = Field(..., description="Where metrics.json, predictions.jsonl and report.md go.")
     baseline_train_data: str | None = Field(None, description="Training JSONL for the embedding classifier baseline.")
-    max_prompt_tokens: int | None = Field(None, ge=16, description="Prompts are cut to this; default: the adapter's "
-                                          f"training value ({DEFAULT_MAX_PROMPT_TOKENS} without an adapter).")
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Prompts are cut to this; default: the adapter's "
+        f"training value ({DEFAULT_MAX_PROMPT_TOKENS} without an adapter).",
+    )
 
     def decoding(self):
         """The prompt and reply settings prediction needs (after `evaluate.resolve` filled max_prompt_tokens)."""
         from .inference import Decoding
 
-        return Decoding(self.max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS, self.max_new_tokens, self.batch_size,
-                        self.runs, self.temperature)
+        return Decoding(
+            self.max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS, self.max_new_tokens, self.batch_size, self.runs, self.temperature
+        )
 
     @model_validator(mode="after")
-    def _check_adapter(self) -> "EvaluateConfig":
+    def _check_adapter(self) -> EvaluateConfig:
         if self.checkpoints and not self.adapter:
             raise ValueError("checkpoints are given but no adapter folder; set adapter to the training run's folder")
         if "adapter" in self.settings and not self.adapter:
@@ -289,14 +375,26 @@ class EvaluateConfig(EvaluateOptions):
         return self
 
 
-StackMethod = Literal["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd",
-                      "linear", "ties", "dare_ties", "dare_linear"]
+StackMethod = Literal[
+    "dynamic",
+    "dynamic_gated",
+    "dynamic_agree",
+    "routed",
+    "routed_gated",
+    "routed_joint",
+    "cat",
+    "svd",
+    "linear",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+]
 STACK_METHOD_HELP: dict[str, str] = {
     "dynamic": "all members active at once (their exact sum, no merge)",
     "dynamic_gated": "the sum, its tag decided by the sum's guard score against one threshold calibrated on the members' "
-                     "pooled validation splits",
+    "pooled validation splits",
     "dynamic_agree": "the sum writes every reply, its tag kept only where at least one member alone would tag too "
-                     "(one guard pass per member)",
+    "(one guard pass per member)",
     "routed": "each member decides alone (as its greedy reply would); the one that fires writes the reply",
     "routed_gated": "routed, each member with its own gate threshold",
     "routed_joint": "routed, each gate recalibrated on all members' validation splits pooled",
@@ -314,13 +412,18 @@ class StackOptions(_Strict):
 
     methods: list[StackMethod] = Field(
         ["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
-        description="Stacks to compare: " + "; ".join(f"{k} = {v}" for k, v in STACK_METHOD_HELP.items()) + ".")
+        description="Stacks to compare: " + "; ".join(f"{k} = {v}" for k, v in STACK_METHOD_HELP.items()) + ".",
+    )
     val_data: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and "
-        "dynamic_agree's check (default: validation.jsonl beside each test file, as `generate` writes them).")
+        default_factory=dict,
+        description="Guardrail name -> its validation JSONL, for routed_joint, dynamic_gated and "
+        "dynamic_agree's check (default: validation.jsonl beside each test file, as `generate` writes them).",
+    )
     density: float = Field(0.5, gt=0, le=1, description="ties/dare_*: share of weights kept.")
     svd_rank: int | None = Field(None, ge=1, description="svd: rank of the merged adapter (None = the largest member rank).")
-    per_guardrail: int = Field(0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all).")
+    per_guardrail: int = Field(
+        0, ge=0, description="At most this many triggering and this many neutral items per member (0 = all)."
+    )
     double_trigger: bool = Field(True, description="Also answer the packaged double-trigger messages (two guardrails at once).")
     seed: int = Field(0, description="Seed for the double-trigger snapshots' personas and histories.")
     max_new_tokens: int = Field(32, ge=4, description="Reply length generated per item.")
@@ -341,12 +444,16 @@ class StackEvalConfig(StackOptions):
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     aware_adapters: dict[str, str] = Field(
-        default_factory=dict, description="Guardrail name -> stack-aware adapter (trained with earlier stack members frozen "
-        "and active; may be the member's own adapter); adds the setting 'dynamic_aware' with these stacked.")
-    max_prompt_tokens: int | None = Field(None, ge=16, description="Prompts are cut to this; default: the members' training value.")
+        default_factory=dict,
+        description="Guardrail name -> stack-aware adapter (trained with earlier stack members frozen "
+        "and active; may be the member's own adapter); adds the setting 'dynamic_aware' with these stacked.",
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="Prompts are cut to this; default: the members' training value."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "StackEvalConfig":
+    def _check(self) -> StackEvalConfig:
         if len(self.adapters) < 2:
             raise ValueError(f"adapters: a stack needs two or more guardrail adapters, got {len(self.adapters)}")
         return self
@@ -361,30 +468,45 @@ class PipelineConfig(_Strict):
     run_dir: str = Field("runs/quickstart", description="Everything goes under this folder.")
     generate: GenerateOptions = Field(default_factory=GenerateOptions, description="Data options (see `config show generate`).")
     train: TrainOptions = Field(default_factory=TrainOptions, description="Training options (see `config show train`).")
-    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions, description="Evaluation options (see `config show evaluate`).")
-    extra_eval_data: list[str] = Field(default_factory=list, description="More Snapshot JSONL files (or packaged set names "
-                                       "such as real-chats-v1) to evaluate each adapter on.")
+    evaluate: EvaluateOptions = Field(
+        default_factory=EvaluateOptions, description="Evaluation options (see `config show evaluate`)."
+    )
+    extra_eval_data: list[str] = Field(
+        default_factory=list,
+        description="More Snapshot JSONL files (or packaged set names such as real-chats-v1) to evaluate each adapter on.",
+    )
     variations: dict[str, list[Variation]] = Field(
-        default_factory=dict, description="Extra dataset variations per guardrail (e.g. politics: [fixed_character]); each "
-        "trains its own adapter, evaluated on its own test split and on the main variation's, for the variation table.")
-    stack: StackOptions | None = Field(None, description="Evaluate all guardrails' main adapters stacked (see `config show "
-                                       "stack`); needs two or more guardrails.")
+        default_factory=dict,
+        description="Extra dataset variations per guardrail (e.g. politics: [fixed_character]); each "
+        "trains its own adapter, evaluated on its own test split and on the main variation's, for the variation table.",
+    )
+    stack: StackOptions | None = Field(
+        None,
+        description="Evaluate all guardrails' main adapters stacked (see `config show stack`); needs two or more guardrails.",
+    )
     stack_aware_training: bool = Field(
-        False, description="With stack: retrain the guardrails as a chain, each later one with the earlier ones frozen and "
-        "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.")
+        False,
+        description="With stack: retrain the guardrails as a chain, each later one with the earlier ones frozen and "
+        "active (adapters/<guardrail>_stack_aware), and evaluate the chain stacked as 'dynamic_aware'.",
+    )
 
     joint_training: bool = Field(
-        False, description="Train the guardrails' main adapters together (train/joint.py): each step a random subset of "
+        False,
+        description="Train the guardrails' main adapters together (train/joint.py): each step a random subset of "
         "them is active and a row whose guardrail is off answers as a neutral turn, so every subset's sum (each member "
-        "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.")
-    joint: JointOptions = Field(default_factory=JointOptions, description="With joint_training: how steps are drawn "
-                                "(see `config show train-joint`).")
+        "alone, all at once) is trained for. Needs two or more guardrails and generate.cross_negative_share 0.",
+    )
+    joint: JointOptions = Field(
+        default_factory=JointOptions, description="With joint_training: how steps are drawn (see `config show train-joint`)."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "PipelineConfig":
+    def _check(self) -> PipelineConfig:
         unknown = sorted(set(self.variations) - set(self.guardrails))
         if unknown:
-            raise ValueError(f"variations names {unknown}, which are not in guardrails {self.guardrails}; add them there or drop them")
+            raise ValueError(
+                f"variations names {unknown}, which are not in guardrails {self.guardrails}; add them there or drop them"
+            )
         if self.stack is not None and len(self.guardrails) < 2:
             raise ValueError("stack is set but guardrails has fewer than two entries; list two or more or drop stack")
         if self.joint_training:
@@ -393,8 +515,10 @@ class PipelineConfig(_Strict):
             if self.stack_aware_training:
                 raise ValueError("joint_training and stack_aware_training are two ways to train for the stack; set one of them")
             if self.generate.cross_negative_share:
-                raise ValueError("joint_training makes its own cross-negatives from the members' triggers; "
-                                 "set generate.cross_negative_share: 0")
+                raise ValueError(
+                    "joint_training makes its own cross-negatives from the members' triggers; "
+                    "set generate.cross_negative_share: 0"
+                )
         return self
 
 
@@ -454,11 +578,20 @@ def dump_yaml(cfg: BaseModel) -> str:
 # --- reference: `personaguard config show STAGE` and docs/configuration.md ---------------------------
 
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {
-    "pipeline": PipelineConfig, "generate": GenerateConfig, "train": TrainConfig, "train-joint": JointTrainConfig,
-    "evaluate": EvaluateConfig, "stack": StackEvalConfig,
+    "pipeline": PipelineConfig,
+    "generate": GenerateConfig,
+    "train": TrainConfig,
+    "train-joint": JointTrainConfig,
+    "evaluate": EvaluateConfig,
+    "stack": StackEvalConfig,
 }
-_SECTION_OF = {GenerateOptions: "generate", TrainOptions: "train", EvaluateOptions: "evaluate", StackOptions: "stack",
-               JointOptions: "train-joint"}
+_SECTION_OF = {
+    GenerateOptions: "generate",
+    TrainOptions: "train",
+    EvaluateOptions: "evaluate",
+    StackOptions: "stack",
+    JointOptions: "train-joint",
+}
 
 
 def _default_text(field) -> str:
@@ -492,11 +625,15 @@ def fields_table(model: type[BaseModel]) -> str:
 
 def configuration_markdown() -> str:
     """docs/configuration.md: every stage's fields, generated from the descriptions written once here."""
-    lines = ["# Configuration reference", "",
-             "Generated by `personaguard config docs --out docs/configuration.md` from the field descriptions in",
-             "`src/personaguard/config.py` (a test fails when this page is stale). Every command takes `--config FILE.yaml`",
-             "and `--set key=value` (dotted keys for sections, e.g. `--set train.lr=1e-4`); `personaguard config show STAGE`",
-             "prints the same in the terminal.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `personaguard config docs --out docs/configuration.md` from the field descriptions in",
+        "`src/personaguard/config.py` (a test fails when this page is stale). Every command takes `--config FILE.yaml`",
+        "and `--set key=value` (dotted keys for sections, e.g. `--set train.lr=1e-4`); `personaguard config show STAGE`",
+        "prints the same in the terminal.",
+        "",
+    ]
     for stage, model in STAGE_CONFIGS.items():
         doc = (model.__doc__ or "").strip()
         lines += [f"## {stage}", "", doc, "", "| field | default | description |", "|---|---|---|"]

@@ -65,8 +65,9 @@ def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size:
             att[b, L - len(s) :] = 1
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev),
-                           logits_to_keep=T + 1).logits.float()
+            logits = model(
+                input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), logits_to_keep=T + 1
+            ).logits.float()
         lp = torch.log_softmax(logits[:, :T], dim=-1)  # positions predicting the T tag tokens
         total = lp[:, torch.arange(T, device=dev), tag_t].sum(-1)
         first_is_tag = logits[:, 0].argmax(-1) == tag_t[0]
@@ -84,8 +85,15 @@ def guard_scores(model, tokenizer, prompts: list[list[int]], tag: str, batch_siz
 
 
 def generate_replies(
-    model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 40, batch_size: int = 16,
-    do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9, begin_suppress: list[int] | None = None,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    begin_suppress: list[int] | None = None,
 ) -> tuple[list[str], list[float]]:
     """Replies (left-padded batches), decoded without special tokens; also seconds per item."""
     import torch
@@ -106,8 +114,12 @@ def generate_replies(
             kwargs["begin_suppress_tokens"] = begin_suppress
         with torch.no_grad():
             out = model.generate(
-                input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs,
+                input_ids=ids.to(dev),
+                attention_mask=att.to(dev),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kwargs,
             )
         for b, i in enumerate(idx):
             replies[i] = tokenizer.decode(out[b, L:], skip_special_tokens=True).strip()
@@ -118,8 +130,15 @@ def generate_replies(
 
 
 def gated_replies(
-    model, tokenizer, prompts: list[list[int]], scores: list[float], threshold: float, tag: str,
-    replies: list[str], max_new_tokens: int = 40, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    scores: list[float],
+    threshold: float,
+    tag: str,
+    replies: list[str],
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
 ) -> list[str]:
     """Guard-gated decoding: the guard score decides, the adapter writes the reply.
 
@@ -129,12 +148,20 @@ def gated_replies(
     continues after it); below -> the tag's first token is banned at the first step. Replies that
     already agree with the gate are kept, so only disagreements are generated again.
     """
-    return decided_replies(model, tokenizer, prompts, [sc >= threshold for sc in scores], tag, replies, max_new_tokens, batch_size)
+    return decided_replies(
+        model, tokenizer, prompts, [sc >= threshold for sc in scores], tag, replies, max_new_tokens, batch_size
+    )
 
 
 def decided_replies(
-    model, tokenizer, prompts: list[list[int]], want: list[bool], tag: str, replies: list[str],
-    max_new_tokens: int = 40, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    want: list[bool],
+    tag: str,
+    replies: list[str],
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
 ) -> list[str]:
     """`replies` (the active adapters' greedy replies) with their start re-decided: want[i] = begin
     with the tag. Replies that already agree are kept; the others are generated again with the tag
@@ -144,19 +171,29 @@ def decided_replies(
     ban = [i for i, (w, r) in enumerate(zip(want, replies)) if not w and r.lstrip().startswith(tag)]
     for idx, tagged in ((force, True), (ban, False)):
         if idx:
-            for i, r in zip(idx, replies_with_tag_decided(model, tokenizer, [prompts[i] for i in idx], tag, tagged,
-                                                            max_new_tokens, batch_size)[0]):
+            for i, r in zip(
+                idx,
+                replies_with_tag_decided(model, tokenizer, [prompts[i] for i in idx], tag, tagged, max_new_tokens, batch_size)[0],
+            ):
                 out[i] = r
     return out
 
 
 def replies_with_tag_decided(
-    model, tokenizer, prompts: list[list[int]], tag: str, tagged: bool, max_new_tokens: int = 40, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    tag: str,
+    tagged: bool,
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
 ) -> tuple[list[str], list[float]]:
     """Greedy replies whose start is decided from outside: tagged = the tag is written first and the
     model continues after it; untagged = the tag's first token is banned at the first step."""
     tag_ids = tag_token_ids(tokenizer, tag)
     if not tagged:
         return generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size, begin_suppress=tag_ids[:1])
-    cont, secs = generate_replies(model, tokenizer, [p + tag_ids for p in prompts], max(max_new_tokens - len(tag_ids), 1), batch_size)
+    cont, secs = generate_replies(
+        model, tokenizer, [p + tag_ids for p in prompts], max(max_new_tokens - len(tag_ids), 1), batch_size
+    )
     return [f"{tag} {c}".strip() for c in cont], secs

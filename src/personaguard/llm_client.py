@@ -146,8 +146,15 @@ class LLMClient:
     """
 
     def __init__(
-        self, base_url: str | None, api_key_env: str, *, what: str, timeout: float = 60.0, max_retries: int = 4,
-        sleep: Callable[[float], object] = time.sleep, on_failure: Callable[[str], None] | None = None,
+        self,
+        base_url: str | None,
+        api_key_env: str,
+        *,
+        what: str,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        sleep: Callable[[float], object] = time.sleep,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.base_url, self.api_key_env, self.what = base_url, api_key_env, what
         self.max_retries, self.sleep, self.on_failure = max_retries, sleep, on_failure

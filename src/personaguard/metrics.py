@@ -30,8 +30,10 @@ def rate(flags: list[bool]) -> float | None:
 
 def tag_rates(flags: list[bool], labels: list[str], guardrail: str) -> dict[str, float | None]:
     """{"tag_rate" on `guardrail`'s items, "false_tag_rate" on `none` items} of per-item tag decisions."""
-    return {"tag_rate": rate([f for f, lab in zip(flags, labels) if lab == guardrail]),
-            "false_tag_rate": rate([f for f, lab in zip(flags, labels) if lab == NONE_LABEL])}
+    return {
+        "tag_rate": rate([f for f, lab in zip(flags, labels) if lab == guardrail]),
+        "false_tag_rate": rate([f for f, lab in zip(flags, labels) if lab == NONE_LABEL]),
+    }
 
 
 def relative_to_single(single: dict, stacked: dict) -> tuple[float | None, float | None]:
@@ -68,15 +70,16 @@ def stack_gate_threshold(scores: list[float], labels: list[str], alone: dict[str
     None without triggering or without neutral items (nothing to judge the target on).
     Why not best F1 as for one adapter: the stack is judged against each member alone, not by F1. Replayed
     offline on the saved test scores of 21 runs (each run's test items halved by message, one half calibrates,
-    the other is scored, 20 random halvings; docs/benchmarks.md) this rule met the target in 192 of 600 halves
+    the other is scored, 20 random halvings; docs/research-log.md) this rule met the target in 192 of 600 halves
     at n=1280 against 142 for best F1, and 33 against 15 of 240 at n<=640."""
     members = [g for g in alone if g in labels]
     if not members or NONE_LABEL not in labels:
         return None
     single = {g: tag_rates(alone[g], labels, g) for g in members}
     distinct = sorted(set(scores))
-    candidates = ([distinct[0] / 2] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
-                  + [math.nextafter(distinct[-1], math.inf)])
+    candidates = (
+        [distinct[0] / 2] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:])] + [math.nextafter(distinct[-1], math.inf)]
+    )
     margins = []
     for t in candidates:
         flags = [x >= t for x in scores]

@@ -82,6 +82,7 @@ def resolve_model(name: str) -> str:
 
 def same_model(a: str, b: str) -> bool:
     """Whether two model names load the same model (embedded aliases, one folder spelled two ways)."""
+
     def key(name: str) -> str:
         if name in _EMBEDDED_ALIASES:
             return EMBEDDED

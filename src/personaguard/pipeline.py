@@ -20,14 +20,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluate import evaluate
+from .config import (
+    EvaluateConfig,
+    GenerateConfig,
+    JointTrainConfig,
+    PipelineConfig,
+    StackEvalConfig,
+    TrainConfig,
+    build,
+    dump_yaml,
+)
 from .data import generate
-from .train import train
-from .config import EvaluateConfig, GenerateConfig, JointTrainConfig, PipelineConfig, StackEvalConfig, TrainConfig, build, dump_yaml
 from .errors import PersonaguardError
+from .evaluate import evaluate
 from .evaluate.evaluate import summary_table
 from .metrics import fmt
 from .schema import write_csv_atomic, write_text_atomic
+from .train import train
 
 STEPS = {1: "generate", 2: "train", 3: "evaluate", 4: "report"}
 VARIATION_KEYS = ("tag_rate", "false_tag_rate", "auroc")
@@ -49,18 +58,32 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | None = None,
-          main_test: Path | None = None) -> Unit:
+def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | None = None, main_test: Path | None = None) -> Unit:
     run_dir, stem = Path(cfg.run_dir), Path(guardrail).stem
-    gen_fields = {**cfg.generate.model_dump(), "guardrails_dir": cfg.guardrails_dir, "guardrail": guardrail, "out_dir": str(run_dir / "data")}
+    gen_fields = {
+        **cfg.generate.model_dump(),
+        "guardrails_dir": cfg.guardrails_dir,
+        "guardrail": guardrail,
+        "out_dir": str(run_dir / "data"),
+    }
     if variation:
         gen_fields["variation"] = variation
     g = build(GenerateConfig, gen_fields, f"{source} (generate)")
     name = f"{stem}_{variation}" if variation else stem
     data_dir = run_dir / "data" / f"{stem}_{g.variation}"
     adapter = run_dir / "adapters" / name
-    t = build(TrainConfig, {**cfg.train.model_dump(), "guardrails_dir": cfg.guardrails_dir, "model": cfg.model, "guardrail": guardrail,
-                            "data_dir": str(data_dir), "out_dir": str(adapter)}, f"{source} (train)")
+    t = build(
+        TrainConfig,
+        {
+            **cfg.train.model_dump(),
+            "guardrails_dir": cfg.guardrails_dir,
+            "model": cfg.model,
+            "guardrail": guardrail,
+            "data_dir": str(data_dir),
+            "out_dir": str(adapter),
+        },
+        f"{source} (train)",
+    )
     datasets = [("test", data_dir / "test.jsonl")]
     if main_test is not None:
         datasets.append((f"test_{main_test.parent.name.removeprefix(stem + '_')}", main_test))
@@ -70,9 +93,21 @@ def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | Non
         defaults = {"guardrails_dir": cfg.guardrails_dir}  # the prompt length comes from the adapter folder
         if "embedding" in cfg.evaluate.settings:
             defaults["baseline_train_data"] = str(data_dir / "train.jsonl")  # the adapter's own training data
-        evals.append(build(EvaluateConfig, {**defaults, **cfg.evaluate.model_dump(), "model": cfg.model, "adapter": str(adapter),
-                                            "guardrail": guardrail, "data": str(data),
-                                            "out_dir": str(run_dir / "eval" / name / data_name)}, f"{source} (evaluate)"))
+        evals.append(
+            build(
+                EvaluateConfig,
+                {
+                    **defaults,
+                    **cfg.evaluate.model_dump(),
+                    "model": cfg.model,
+                    "adapter": str(adapter),
+                    "guardrail": guardrail,
+                    "data": str(data),
+                    "out_dir": str(run_dir / "eval" / name / data_name),
+                },
+                f"{source} (evaluate)",
+            )
+        )
     return Unit(name, guardrail, g, t, evals)
 
 
@@ -103,7 +138,7 @@ def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainCon
     The first member keeps its own adapter; each later one is trained with the earlier chain members
     frozen and active, on its own training data plus theirs, so that it sees every member's triggers
     and near-misses inside the stack it joins (this union-data version is not yet measured on the real
-    model). Measured on SmolLM2 (docs/benchmarks.md, "Stacking three guardrails" and run V2): retraining
+    model). Measured on SmolLM2 (docs/research-log.md, "Stacking three guardrails" and run V2): retraining
     every member on top of the *original* others fails (each learns to offset adapters that are then
     replaced; the sum never tags), and a chain trained on each member's own data only over-fires
     (the last member never saw the earlier members' neutral turns)."""
@@ -112,9 +147,14 @@ def aware_trainings(cfg: PipelineConfig, plan: list[Unit]) -> dict[str, TrainCon
     mains = list(_mains(plan).items())
     chain, data, out = [mains[0][1].train.out_dir], [mains[0][1].train.data_dir], {}
     for g, u in mains[1:]:
-        t = u.train.model_copy(update={
-            "out_dir": str(Path(u.train.out_dir).with_name(f"{Path(u.train.out_dir).name}_stack_aware")),
-            "frozen_adapters": list(chain), "extra_data_dirs": list(data), "resume": False})
+        t = u.train.model_copy(
+            update={
+                "out_dir": str(Path(u.train.out_dir).with_name(f"{Path(u.train.out_dir).name}_stack_aware")),
+                "frozen_adapters": list(chain),
+                "extra_data_dirs": list(data),
+                "resume": False,
+            }
+        )
         out[g] = t
         chain.append(t.out_dir)
         data.append(u.train.data_dir)
@@ -126,12 +166,18 @@ def joint_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
     if not cfg.joint_training:
         return None
     mains = _mains(plan)
-    return build(JointTrainConfig, {
-        **cfg.joint.model_dump(),
-        "members": {u.guardrail: {"data_dir": u.train.data_dir, "out_dir": u.train.out_dir} for u in mains.values()},
-        "out_dir": str(Path(cfg.run_dir) / "joint"),
-        "train": cfg.train.model_dump(), "model": cfg.model, "guardrails_dir": cfg.guardrails_dir,
-    }, f"{source} (joint training)")
+    return build(
+        JointTrainConfig,
+        {
+            **cfg.joint.model_dump(),
+            "members": {u.guardrail: {"data_dir": u.train.data_dir, "out_dir": u.train.out_dir} for u in mains.values()},
+            "out_dir": str(Path(cfg.run_dir) / "joint"),
+            "train": cfg.train.model_dump(),
+            "model": cfg.model,
+            "guardrails_dir": cfg.guardrails_dir,
+        },
+        f"{source} (joint training)",
+    )
 
 
 def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") -> StackEvalConfig | None:
@@ -140,14 +186,22 @@ def stack_config(cfg: PipelineConfig, plan: list[Unit], source: str = "config") 
     mains = _mains(plan)
     trained = aware_trainings(cfg, plan)
     aware = {g: (trained[g].out_dir if g in trained else u.train.out_dir) for g, u in mains.items()} if trained else {}
-    return build(StackEvalConfig, {
-        "guardrails_dir": cfg.guardrails_dir,
-        **cfg.evaluate.model_dump(include={"max_new_tokens", "batch_size", "device", "precision", "load_in_4bit"}, exclude_unset=True),
-        **cfg.stack.model_dump(exclude_unset=True), "model": cfg.model,
-        "adapters": {g: u.train.out_dir for g, u in mains.items()},
-        "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
-        "out_dir": str(Path(cfg.run_dir) / "stacks"), **({"aware_adapters": aware} if aware else {}),
-    }, f"{source} (stack)")
+    return build(
+        StackEvalConfig,
+        {
+            "guardrails_dir": cfg.guardrails_dir,
+            **cfg.evaluate.model_dump(
+                include={"max_new_tokens", "batch_size", "device", "precision", "load_in_4bit"}, exclude_unset=True
+            ),
+            **cfg.stack.model_dump(exclude_unset=True),
+            "model": cfg.model,
+            "adapters": {g: u.train.out_dir for g, u in mains.items()},
+            "test_data": {g: str(Path(u.train.data_dir) / "test.jsonl") for g, u in mains.items()},
+            "out_dir": str(Path(cfg.run_dir) / "stacks"),
+            **({"aware_adapters": aware} if aware else {}),
+        },
+        f"{source} (stack)",
+    )
 
 
 def run(cfg: PipelineConfig, start_step: int = 1, end_step: int = 4, source: str = "config") -> PipelineResult:
@@ -226,10 +280,15 @@ def write_variation_table(run_dir: Path, plan: list[Unit]) -> None:
         rows.append({"guardrail": Path(u.guardrail).stem, "variation": u.gen.variation, "adapter": u.name, **cells})
     cols = ["guardrail", "variation", "adapter"] + [f"{s}_{k}" for s in ("own", "main") for k in VARIATION_KEYS]
     write_csv_atomic(run_dir / "variations.csv", rows, cols)
-    lines = ["# Dataset variations", "",
-             "Adapter (greedy) on its own variation's test split and on the main variation's test split: "
-             "tag rate / false tag rate / AUROC.", "",
-             "| guardrail | variation | own test | main test |", "|---|---|---|---|"]
+    lines = [
+        "# Dataset variations",
+        "",
+        "Adapter (greedy) on its own variation's test split and on the main variation's test split: "
+        "tag rate / false tag rate / AUROC.",
+        "",
+        "| guardrail | variation | own test | main test |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         own = " / ".join(fmt(r.get(f"own_{k}")) for k in VARIATION_KEYS)
         main = " / ".join(fmt(r.get(f"main_{k}")) for k in VARIATION_KEYS) if r["adapter"] != r["guardrail"] else "(same)"

@@ -52,7 +52,7 @@ class Snapshot(BaseModel):
     label: str = NONE_LABEL
 
     @model_validator(mode="after")
-    def _alternating(self) -> "Snapshot":
+    def _alternating(self) -> Snapshot:
         for i, m in enumerate(self.history):
             want = "user" if i % 2 == 0 else "assistant"
             if m.role != want:

@@ -22,7 +22,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def eval_set_path(name: str) -> Path:
     """The packaged file of a known set, its sha256 checked (once per process)."""
     if name not in EVAL_SETS:
@@ -115,12 +115,14 @@ def list_sets() -> list[dict]:
         s, path = EVAL_SETS[name], eval_set_path(name)
         with path.open(encoding="utf-8") as fh:
             labels = Counter(json.loads(line).get("label", "none") for line in fh if line.strip())
-        rows.append({
-            "name": name,
-            "file": str(path),
-            "items": sum(labels.values()),
-            "labels": dict(sorted(labels.items())),
-            "licence": s.licence,
-            "description": s.description,
-        })
+        rows.append(
+            {
+                "name": name,
+                "file": str(path),
+                "items": sum(labels.values()),
+                "labels": dict(sorted(labels.items())),
+                "licence": s.licence,
+                "description": s.description,
+            }
+        )
     return rows

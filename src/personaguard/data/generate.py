@@ -31,8 +31,8 @@ from tqdm import tqdm
 from ..config import GenerateConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, get_guardrail
-from .pools import Pools, load_pools
 from ..schema import NONE_LABEL, Example, append_jsonl, iter_valid_lines, repair_tail, write_jsonl_atomic, write_text_atomic
+from .pools import Pools, load_pools
 
 SPLITS = ("train", "validation", "test")
 # Fields that steer how a run goes but not what it produces: they may change between resumes
@@ -139,8 +139,11 @@ class OfflineGenerator:
                 else:
                     item = self._nth("hard", self.p.hard[self.g.name], i)
                 message, chosen = item["text"], item["reply"]
-            elif (r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
-                  and self.long_histories and self.cfg.variation != "fixed_history"):
+            elif (
+                r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
+                and self.long_histories
+                and self.cfg.variation != "fixed_history"
+            ):
                 # the conversation goes on: its next user turn is the message, its reply the chosen one
                 kind = "continuation"
                 conv = self._nth("continuation", self.long_histories, i)
@@ -223,10 +226,7 @@ def run(cfg: GenerateConfig) -> GenerateResult:
     done = {row["id"] for row in on_disk if "id" in row}
     pools = load_pools()
     sizes = split_sizes(cfg)
-    todo = [
-        (example_id(guardrail, cfg, s, i), s, i, _triggering(cfg, s, i, sizes[s]))
-        for s in SPLITS for i in range(sizes[s])
-    ]
+    todo = [(example_id(guardrail, cfg, s, i), s, i, _triggering(cfg, s, i, sizes[s])) for s in SPLITS for i in range(sizes[s])]
     todo = [t for t in todo if t[0] not in done]
     result = GenerateResult(out, {})
     if cfg.backend == "openai":
@@ -286,8 +286,9 @@ def _add_totals(path: Path, result: GenerateResult) -> dict[str, int]:
     return totals
 
 
-def dataset_card(g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]], result: GenerateResult,
-                 totals: dict[str, int]) -> str:
+def dataset_card(
+    g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]], result: GenerateResult, totals: dict[str, int]
+) -> str:
     source = f"backend `{cfg.backend}`" + (f", model `{cfg.llm_model}`" if cfg.backend == "openai" else "")
     lines = [
         f"# Dataset `{g.name}_{cfg.variation}`",
@@ -305,7 +306,10 @@ def dataset_card(g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]],
         lines.append(f"| {s} | {len(rows[s])} | {trig} | {len(rows[s]) - trig} |")
     if result.missing:
         why = " (request_budget reached)" if result.budget_exhausted else ""
-        lines += ["", f"**Incomplete:** {result.missing} of {cfg.n} examples missing{why}; run the same command again to continue."]
+        lines += [
+            "",
+            f"**Incomplete:** {result.missing} of {cfg.n} examples missing{why}; run the same command again to continue.",
+        ]
     lines += ["", "## Generation counts", "", "| count | last run | all runs |", "|---|---|---|"]
     shown = COUNT_FIELDS if cfg.backend == "openai" else ("written",)  # the rest stay 0 offline
     lines += [f"| {name} | {getattr(result, name)} | {totals[name]} |" for name in shown]

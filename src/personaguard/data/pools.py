@@ -42,7 +42,7 @@ class Pools:
     triggers: dict[str, TriggerPool] = field(default_factory=dict)
     fillers: dict[str, list[str]] = field(default_factory=dict)  # "lead"/"tail" lines of multi-message turns
 
-    def side(self, test: bool) -> "Pools":
+    def side(self, test: bool) -> Pools:
         """The pools restricted to one side of the train/test partition."""
         keep = lambda items, key: [x for x in items if is_test_item(key(x)) == test]  # noqa: E731
         return Pools(
@@ -71,8 +71,11 @@ def _json_files(folder: str) -> dict[str, object]:
     root = resources.files("personaguard.data") / "pools" / folder
     if not root.is_dir():
         return {}
-    return {e.name[:-5]: json.loads(e.read_text(encoding="utf-8"))
-            for e in sorted(root.iterdir(), key=lambda p: p.name) if e.name.endswith(".json")}
+    return {
+        e.name[:-5]: json.loads(e.read_text(encoding="utf-8"))
+        for e in sorted(root.iterdir(), key=lambda p: p.name)
+        if e.name.endswith(".json")
+    }
 
 
 def add_contrast(triggers: dict[str, TriggerPool], hard: dict[str, list[dict]], contrast: dict[str, dict]) -> None:

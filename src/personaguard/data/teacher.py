@@ -30,13 +30,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from .. import llm_client
 from ..config import GenerateConfig
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, registry
-from .. import llm_client
 from ..llm_client import LLMClient, RetriesExhausted
-from .teacher_prompts import RESPONSE_FORMAT, InvalidOutput, Job, build_messages, normalise_message, parse_example, plan_kind
 from ..schema import Example
+from .teacher_prompts import RESPONSE_FORMAT, InvalidOutput, Job, build_messages, normalise_message, parse_example, plan_kind
 
 if TYPE_CHECKING:
     import openai
@@ -80,8 +80,15 @@ class _Worker:
         self.g, self.cfg, self.fixed, self.stats = g, cfg, fixed, stats
         self.stop = threading.Event()
         self._budget_lock = threading.Lock()
-        self.client = LLMClient(cfg.base_url, cfg.api_key_env, what=WHAT, timeout=cfg.request_timeout,
-                                max_retries=cfg.max_retries, sleep=self._pause, on_failure=self._failed)
+        self.client = LLMClient(
+            cfg.base_url,
+            cfg.api_key_env,
+            what=WHAT,
+            timeout=cfg.request_timeout,
+            max_retries=cfg.max_retries,
+            sleep=self._pause,
+            on_failure=self._failed,
+        )
 
     def _take_request(self) -> None:
         with self._budget_lock:
@@ -137,8 +144,13 @@ class _Worker:
 
 
 def generate(
-    g: Guardrail, cfg: GenerateConfig, todo: list[tuple[str, str, int, bool]], fixed: dict,
-    seen: set[str], write: Callable[[Example], None], bar,
+    g: Guardrail,
+    cfg: GenerateConfig,
+    todo: list[tuple[str, str, int, bool]],
+    fixed: dict,
+    seen: set[str],
+    write: Callable[[Example], None],
+    bar,
 ) -> LLMStats:
     """Produce the `todo` items (id, split, i, triggering) and `write` each as it completes.
 
@@ -179,8 +191,17 @@ def generate(
     return stats
 
 
-def _settle(job: Job, ex: Example | None, reason: str, cfg: GenerateConfig, stats: LLMStats,
-            seen: set[str], write: Callable[[Example], None], pending: deque, bar) -> None:
+def _settle(
+    job: Job,
+    ex: Example | None,
+    reason: str,
+    cfg: GenerateConfig,
+    stats: LLMStats,
+    seen: set[str],
+    write: Callable[[Example], None],
+    pending: deque,
+    bar,
+) -> None:
     """Main-thread bookkeeping for one finished job: dedup, write, requeue or count a skip."""
     if ex is not None:
         key = normalise_message(ex.message)
@@ -197,4 +218,6 @@ def _settle(job: Job, ex: Example | None, reason: str, cfg: GenerateConfig, stat
                 stats.skipped += 1
     elif reason != "stopped":
         stats.skipped += 1
-    bar.set_postfix(invalid=stats.invalid, dup=stats.duplicates, failed=stats.failed_requests, skipped=stats.skipped, refresh=False)
+    bar.set_postfix(
+        invalid=stats.invalid, dup=stats.duplicates, failed=stats.failed_requests, skipped=stats.skipped, refresh=False
+    )

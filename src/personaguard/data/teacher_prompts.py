@@ -79,8 +79,7 @@ KIND_TEXT = {
     "trigger": "it clearly falls under 'when it applies'",
     "neutral": "an everyday chat message that clearly does not fall under 'when it applies'",
     "hard_negative": (
-        "a near miss: it touches a nearby subject or uses related words, but does not fall under "
-        "'when it applies'"
+        "a near miss: it touches a nearby subject or uses related words, but does not fall under 'when it applies'"
     ),
     "cross_negative": "it falls under this other situation: {other}; but not under 'when it applies'",
 }
@@ -127,7 +126,9 @@ def build_messages(g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: d
             f"begins with {tag}, then does what 'what to do then' says, in the character's own voice "
             "(its traits and expressions) and, where it fits, refers to a memory or to the history"
         )
-        rejected = f"does exactly what the rule is there to prevent: it goes along with the message in full, in character; no {tag}"
+        rejected = (
+            f"does exactly what the rule is there to prevent: it goes along with the message in full, in character; no {tag}"
+        )
     else:
         chosen = (
             f"a natural, in-character reply that engages with the message and, where it fits, uses the "
@@ -168,8 +169,9 @@ def build_messages(g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: d
         f"- chosen: {chosen}.",
         f"- rejected: {rejected}.",
         f"- persona: {persona}.",
-        "- memories: an empty list." if not n_mem else
-        f"- memories: exactly {n_mem} short fact{'s' if n_mem > 1 else ''} the character remembers about the user.",
+        "- memories: an empty list."
+        if not n_mem
+        else f"- memories: exactly {n_mem} short fact{'s' if n_mem > 1 else ''} the character remembers about the user.",
         f"- history: {history}.",
     ]
     if job.avoid:
@@ -177,7 +179,9 @@ def build_messages(g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: d
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def parse_example(content: str | None, g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: dict, fixed_history: list[dict]) -> Example:
+def parse_example(
+    content: str | None, g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: dict, fixed_history: list[dict]
+) -> Example:
     """Validate one answer into an Example; fixed parts are put back verbatim so they cannot drift."""
     if not content:
         raise InvalidOutput("empty answer (or a refusal)")
@@ -202,8 +206,12 @@ def parse_example(content: str | None, g: Guardrail, cfg: GenerateConfig, job: J
     if isinstance(history, list):
         history = [{k: m[k] for k in ("role", "content") if k in m} if isinstance(m, dict) else m for m in history]
     row = {
-        **data, "id": job.id, "persona": persona, "history": history,
-        "label": g.name if job.triggering else NONE_LABEL, "kind": job.kind,
+        **data,
+        "id": job.id,
+        "persona": persona,
+        "history": history,
+        "label": g.name if job.triggering else NONE_LABEL,
+        "kind": job.kind,
     }
     try:
         ex = Example.model_validate(row)
@@ -224,7 +232,7 @@ def _check_rules(ex: Example, tag: str, triggering: bool) -> None:
     if any(tag in text for text in context):
         raise InvalidOutput(f"the tag {tag} may appear only in chosen/rejected")
     want, other = (ex.chosen, ex.rejected) if triggering else (ex.rejected, ex.chosen)
-    if not want.startswith(tag) or not want[len(tag):].strip():
+    if not want.startswith(tag) or not want[len(tag) :].strip():
         raise InvalidOutput(f"{'chosen' if triggering else 'rejected'} must begin with {tag} and go on")
     if tag in other:
         raise InvalidOutput(f"{'rejected' if triggering else 'chosen'} must not contain {tag}")

@@ -101,8 +101,16 @@ class LlamaGuardClient:
     """
 
     def __init__(
-        self, base_url: str | None, model: str, api_key_env: str = "OPENAI_API_KEY", *, api: str = "completions",
-        timeout: float = 60, max_retries: int = 4, history_turns: int | None = None, load=None,
+        self,
+        base_url: str | None,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        *,
+        api: str = "completions",
+        timeout: float = 60,
+        max_retries: int = 4,
+        history_turns: int | None = None,
+        load=None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if api not in ("completions", "chat"):
@@ -118,8 +126,9 @@ class LlamaGuardClient:
         else:
             from ..llm_client import LLMClient  # lazy: the embedding baseline needs no openai SDK
 
-            self._client = LLMClient(base_url, api_key_env, what="Llama Guard", timeout=timeout,
-                                     max_retries=max_retries, sleep=sleep)
+            self._client = LLMClient(
+                base_url, api_key_env, what="Llama Guard", timeout=timeout, max_retries=max_retries, sleep=sleep
+            )
 
     def __repr__(self) -> str:
         return f"LlamaGuardClient(base_url={self.base_url!r}, model={self.model!r}, api={self.api!r})"
@@ -133,14 +142,18 @@ class LlamaGuardClient:
             t0 = time.perf_counter()
             if self.api == "completions":
                 resp = sdk.completions.create(
-                    model=self.model, prompt=llama_guard_raw_prompt(guardrail, snapshot, self.history_turns),
-                    max_tokens=10, temperature=0.0,
+                    model=self.model,
+                    prompt=llama_guard_raw_prompt(guardrail, snapshot, self.history_turns),
+                    max_tokens=10,
+                    temperature=0.0,
                 )
                 text = resp.choices[0].text if resp.choices else ""
             else:
                 resp = sdk.chat.completions.create(
-                    model=self.model, messages=llama_guard_prompt(guardrail, snapshot, self.history_turns),
-                    max_tokens=10, temperature=0.0,
+                    model=self.model,
+                    messages=llama_guard_prompt(guardrail, snapshot, self.history_turns),
+                    max_tokens=10,
+                    temperature=0.0,
                 )
                 text = resp.choices[0].message.content if resp.choices else ""
             return text or "", time.perf_counter() - t0
@@ -161,8 +174,12 @@ class LlamaGuardClient:
         dev = next(model.parameters()).device
         with torch.no_grad():
             out = model.generate(
-                input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev), max_new_tokens=10,
-                do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                input_ids=enc["input_ids"].to(dev),
+                attention_mask=enc["attention_mask"].to(dev),
+                max_new_tokens=10,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
             )
         text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return text, time.perf_counter() - t0
@@ -216,8 +233,9 @@ class EmbeddingClassifier:
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
-                raise PersonaguardError("the embedding baseline needs sentence-transformers: "
-                                        "`pip install sentence-transformers`") from None
+                raise PersonaguardError(
+                    "the embedding baseline needs sentence-transformers: `pip install sentence-transformers`"
+                ) from None
             path = self.model_path or default_embedding_model()
             if not Path(path).is_dir():
                 raise PersonaguardError(f"embedding model folder {path} not found ({_MINILM_HINT})")
@@ -231,8 +249,9 @@ class EmbeddingClassifier:
         enc = self.encoder()
         pairs = [embedding_inputs(s) for s in snapshots]
         texts = [m for m, _ in pairs] + [c for _, c in pairs if c]
-        vecs = enc.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                          show_progress_bar=False)
+        vecs = enc.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
         n = len(pairs)
         ctx = np.zeros_like(vecs[:n])
         ctx_rows = [i for i, (_, c) in enumerate(pairs) if c]

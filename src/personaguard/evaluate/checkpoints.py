@@ -18,11 +18,21 @@ import re
 from pathlib import Path
 
 from ..errors import PersonaguardError
-from ..schema import write_csv_atomic, write_text_atomic
 from ..inference import Decoding
+from ..schema import write_csv_atomic, write_text_atomic
 
-CURVE_COLUMNS = ["step", "checkpoint", "tag_rate", "false_tag_rate", "precision", "recall", "f1", "auroc",
-                 "mean_guard_score_triggering", "mean_guard_score_neutral"]
+CURVE_COLUMNS = [
+    "step",
+    "checkpoint",
+    "tag_rate",
+    "false_tag_rate",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "mean_guard_score_triggering",
+    "mean_guard_score_neutral",
+]
 
 
 def checkpoint_dirs(adapter_dir: str | Path, which: list[str]) -> list[tuple[int, Path]]:
@@ -47,7 +57,9 @@ def checkpoint_dirs(adapter_dir: str | Path, which: list[str]) -> list[tuple[int
     return [(s, found[s]) for s in sorted(set(steps))]
 
 
-def evaluate_checkpoints(model, tok, snaps, dec: Decoding, adapter_dir: str, which: list[str], guardrail, out: Path) -> list[dict]:
+def evaluate_checkpoints(
+    model, tok, snaps, dec: Decoding, adapter_dir: str, which: list[str], guardrail, out: Path
+) -> list[dict]:
     """Adds each checkpoint to `model` (a PeftModel), evaluates it greedily, writes the curve files."""
     from ..adapters import activate, active_adapters, load_stack
     from ..metrics import detection_metrics

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from ..config import DEFAULT_MAX_PROMPT_TOKENS, EvaluateConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, get_guardrail, registry
-from ..metrics import GROUP_FIELDS, detection_metrics, fmt, read_gate, starts_with_tag
-from .predict import gate_rows, group_fields, load_eval_model, predict
+from ..metrics import detection_metrics, fmt, read_gate
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
+from .predict import gate_rows, group_fields, load_eval_model, predict
 
 
 @dataclass
@@ -35,8 +35,8 @@ class EvalResult:
 def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str) -> list[dict]:
     """Detection-only baselines: a classifier decides; 'reply' is the tag or empty, score = P(trigger)."""
     if setting == "embedding":
-        from .baselines import EmbeddingClassifier
         from ..schema import Example
+        from .baselines import EmbeddingClassifier
 
         train = read_jsonl(cfg.baseline_train_data, Example)
         clf = EmbeddingClassifier().fit(train, [r.label == guardrail.name for r in train])
@@ -51,9 +51,19 @@ def classify(snaps: list[Snapshot], cfg: EvaluateConfig, guardrail, setting: str
         decisions, secs = [d for d, _ in out], [t for _, t in out]
         probs = [float(d) for d in decisions]
     return [
-        {"id": s.id, "label": s.label, "setting": setting, "run": 0, "message": s.message,
-         "reply": guardrail.tag if d else "", "tagged": d, "guard_score": p, "guard_seconds": t, "reply_seconds": t,
-         **group_fields(s)}
+        {
+            "id": s.id,
+            "label": s.label,
+            "setting": setting,
+            "run": 0,
+            "message": s.message,
+            "reply": guardrail.tag if d else "",
+            "tagged": d,
+            "guard_score": p,
+            "guard_seconds": t,
+            "reply_seconds": t,
+            **group_fields(s),
+        }
         for s, d, p, t in zip(snaps, decisions, probs, secs)
     ]
 
@@ -107,19 +117,26 @@ def resolve(cfg: EvaluateConfig) -> tuple[EvaluateConfig, Guardrail]:
         info = read_info(cfg.adapter)
         guardrail = info.guardrail
         if cfg.guardrail and get_guardrail(cfg.guardrail, extra).name != guardrail.name:
-            raise PersonaguardError(f"guardrail {cfg.guardrail!r} contradicts the adapter {cfg.adapter}, trained for "
-                                    f"{guardrail.name!r}; drop --guardrail (the adapter's is used)")
+            raise PersonaguardError(
+                f"guardrail {cfg.guardrail!r} contradicts the adapter {cfg.adapter}, trained for "
+                f"{guardrail.name!r}; drop --guardrail (the adapter's is used)"
+            )
         if cfg.model and not same_model(cfg.model, info.base_model):
-            raise PersonaguardError(f"model {cfg.model!r} contradicts the adapter {cfg.adapter}, trained on "
-                                    f"{info.base_model!r}; drop --model (the adapter's is used)")
+            raise PersonaguardError(
+                f"model {cfg.model!r} contradicts the adapter {cfg.adapter}, trained on "
+                f"{info.base_model!r}; drop --model (the adapter's is used)"
+            )
         if cfg.max_prompt_tokens and cfg.max_prompt_tokens != info.max_prompt_tokens:
-            raise PersonaguardError(f"max_prompt_tokens {cfg.max_prompt_tokens} contradicts the adapter {cfg.adapter}, "
-                                    f"trained at {info.max_prompt_tokens}; drop it (the adapter's is used)")
+            raise PersonaguardError(
+                f"max_prompt_tokens {cfg.max_prompt_tokens} contradicts the adapter {cfg.adapter}, "
+                f"trained at {info.max_prompt_tokens}; drop it (the adapter's is used)"
+            )
         fill.update(model=cfg.model or info.base_model, max_prompt_tokens=info.max_prompt_tokens, guardrail=guardrail.name)
     else:
         if not cfg.guardrail:
-            raise PersonaguardError("evaluate: no adapter and no guardrail; give --guardrail NAME (whose label counts as "
-                                    "triggering) or --adapter DIR")
+            raise PersonaguardError(
+                "evaluate: no adapter and no guardrail; give --guardrail NAME (whose label counts as triggering) or --adapter DIR"
+            )
         guardrail = get_guardrail(cfg.guardrail, extra)
         fill.update(model=cfg.model or EMBEDDED, max_prompt_tokens=cfg.max_prompt_tokens or DEFAULT_MAX_PROMPT_TOKENS)
     return cfg.model_copy(update=fill), guardrail
@@ -153,7 +170,9 @@ def run(cfg: EvaluateConfig) -> EvalResult:
         if setting == "adapter_gated":
             if gate is None:
                 continue  # reported in meta: no threshold saved with this adapter
-            rows = gate_rows([p for p in preds if p["setting"] == "adapter" and p["run"] == 0], model, tok, snaps, dec, guardrail, gate)
+            rows = gate_rows(
+                [p for p in preds if p["setting"] == "adapter" and p["run"] == 0], model, tok, snaps, dec, guardrail, gate
+            )
             judge_rows(rows, by_id, guardrail, cfg, out)
             preds += rows
             metrics[setting] = detection_metrics(rows, guardrail.name, guardrail.tag)
@@ -180,9 +199,16 @@ def run(cfg: EvaluateConfig) -> EvalResult:
 
         curve = evaluate_checkpoints(model, tok, snaps, dec, cfg.adapter, cfg.checkpoints, guardrail, out)
     write_jsonl_atomic(out / "predictions.jsonl", preds)
-    meta = {"guardrail": guardrail.name, "data": str(cfg.data), "model": cfg.model, "adapter": cfg.adapter,
-            "n_items": len(snaps), "runs": cfg.runs, "judge": judge_name,
-            "checkpoint_steps": [c["step"] for c in curve] if curve else None}
+    meta = {
+        "guardrail": guardrail.name,
+        "data": str(cfg.data),
+        "model": cfg.model,
+        "adapter": cfg.adapter,
+        "n_items": len(snaps),
+        "runs": cfg.runs,
+        "judge": judge_name,
+        "checkpoint_steps": [c["step"] for c in curve] if curve else None,
+    }
     write_text_atomic(out / "metrics.json", json.dumps({"meta": meta, "settings": metrics}, indent=2))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     write_text_atomic(out / "report.md", markdown_report(meta, metrics, preds, guardrail.tag, curve))
@@ -190,9 +216,15 @@ def run(cfg: EvaluateConfig) -> EvalResult:
 
 
 SUMMARY_COLUMNS = [
-    ("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adherence", "adherence"),
-    ("neutral_preserved", "neutral preserved"), ("precision", "precision"),
-    ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("threshold", "best-F1 threshold"),
+    ("tag_rate", "tag rate"),
+    ("false_tag_rate", "false tag rate"),
+    ("adherence", "adherence"),
+    ("neutral_preserved", "neutral preserved"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("f1", "F1"),
+    ("auroc", "AUROC"),
+    ("threshold", "best-F1 threshold"),
 ]
 
 
@@ -229,25 +261,45 @@ def markdown_report(meta: dict, metrics: dict[str, dict], preds: list[dict], tag
     labels = sorted({lab for m in metrics.values() for lab in m["per_label"]})
     lines.append("|---|" + "---|" * len(labels))
     for s, m in metrics.items():
-        cells = [f"{fmt(m['per_label'][lab]['tag_rate'])} (n={m['per_label'][lab]['n']})" if lab in m["per_label"] else "–" for lab in labels]
+        cells = [
+            f"{fmt(m['per_label'][lab]['tag_rate'])} (n={m['per_label'][lab]['n']})" if lab in m["per_label"] else "–"
+            for lab in labels
+        ]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     groups = sorted({(key, g) for m in metrics.values() for key, d in m.get("per_group", {}).items() for g in d})
     if groups:
-        lines += ["", "## Tag rate per group", "",
-                  "Own-label groups count replies that begin with the tag; other groups count the tag anywhere (false tags).", "",
-                  "| setting | " + " | ".join(f"{k}={g}" for k, g in groups) + " |", "|---|" + "---|" * len(groups)]
+        lines += [
+            "",
+            "## Tag rate per group",
+            "",
+            "Own-label groups count replies that begin with the tag; other groups count the tag anywhere (false tags).",
+            "",
+            "| setting | " + " | ".join(f"{k}={g}" for k, g in groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
         for s, m in metrics.items():
             pg = m.get("per_group", {})
             cells = [f"{fmt(pg[k][g]['tag_rate'])} (n={pg[k][g]['n']})" if g in pg.get(k, {}) else "–" for k, g in groups]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
     if curve:
-        lines += ["", "## Checkpoints (adapter, greedy)", "", "| step | tag rate | false tag rate | F1 | AUROC |", "|---|---|---|---|---|"]
-        lines += [f"| {c['step']} | {fmt(c['tag_rate'])} | {fmt(c['false_tag_rate'])} | {fmt(c['f1'])} | {fmt(c['auroc'])} |" for c in curve]
+        lines += [
+            "",
+            "## Checkpoints (adapter, greedy)",
+            "",
+            "| step | tag rate | false tag rate | F1 | AUROC |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['step']} | {fmt(c['tag_rate'])} | {fmt(c['false_tag_rate'])} | {fmt(c['f1'])} | {fmt(c['auroc'])} |"
+            for c in curve
+        ]
     lines += ["", "## Examples", ""]
     for s in metrics:
         for want_label, title in ((meta["guardrail"], "triggering"), (NONE_LABEL, "neutral")):
             items = [p for p in preds if p["setting"] == s and p["label"] == want_label][:3]
             for p in items:
-                lines.append(f"- **{s} / {title}** `{p['id']}` score={p['guard_score']:.3f}  \n"
-                             f"  user: {p['message'][:200]!r}  \n  reply: {p['reply'][:200]!r}")
+                lines.append(
+                    f"- **{s} / {title}** `{p['id']}` score={p['guard_score']:.3f}  \n"
+                    f"  user: {p['message'][:200]!r}  \n  reply: {p['reply'][:200]!r}"
+                )
     return "\n".join(lines) + "\n"

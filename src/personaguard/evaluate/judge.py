@@ -119,6 +119,7 @@ class TagJudge:
 
 # ---------------------------------------------------------------- LLM judge
 
+
 class Verdict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -212,16 +213,22 @@ class LLMJudge:
     name = "llm"
 
     def __init__(
-        self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", cache_path: str | Path | None = None,
-        timeout: float = 60, max_retries: int = 4, *, temperature: float | None = 0.0,
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        cache_path: str | Path | None = None,
+        timeout: float = 60,
+        max_retries: int = 4,
+        *,
+        temperature: float | None = 0.0,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
         self.max_retries, self.temperature = max_retries, temperature
         from ..llm_client import LLMClient  # lazy: TagJudge users need not load the openai SDK
 
-        self._client = LLMClient(base_url, api_key_env, what="LLM judge", timeout=timeout, max_retries=max_retries,
-                                 sleep=sleep)
+        self._client = LLMClient(base_url, api_key_env, what="LLM judge", timeout=timeout, max_retries=max_retries, sleep=sleep)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, dict] = {}
         if self.cache_path:
@@ -259,8 +266,11 @@ class LLMJudge:
             if self.cache_path:
                 append_jsonl(self.cache_path, {"key": key, "model": self.model, "verdict": verdict})
             return dict(verdict)
-        return {"valid": False, "adheres": False,
-                "explanation": f"{JUDGE_ERROR}no usable verdict in {len(errors)} answers; last: {errors[-1]}"}
+        return {
+            "valid": False,
+            "adheres": False,
+            "explanation": f"{JUDGE_ERROR}no usable verdict in {len(errors)} answers; last: {errors[-1]}",
+        }
 
     def _ask(self, messages: list[dict]) -> str | None:
         extra = {} if self.temperature is None else {"temperature": self.temperature}
@@ -268,9 +278,12 @@ class LLMJudge:
         def send(sdk: openai.OpenAI):
             self.requests += 1  # every attempt, retries included
             return sdk.chat.completions.create(
-                model=self.model, messages=messages,
-                response_format={"type": "json_schema",
-                                 "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}},
+                model=self.model,
+                messages=messages,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
+                },
                 **extra,
             )
 

@@ -27,8 +27,10 @@ def load_eval_model(model_name: str, adapter: str | None, opts):
 
 def system_prompt_guideline(g) -> str:
     """The prompt-engineering baseline: the guardrail written into the system prompt."""
-    return (f"Special rule: {g.trigger} When that happens: {g.resolution} "
-            f"The tag is {g.tag} and must be the very first text of such a reply.")
+    return (
+        f"Special rule: {g.trigger} When that happens: {g.resolution} "
+        f"The tag is {g.tag} and must be the very first text of such a reply."
+    )
 
 
 def predict(model, tok, snaps: list[Snapshot], cfg: Decoding, guardrail, setting: str, run: int = 0) -> list[dict]:
@@ -42,12 +44,21 @@ def predict(model, tok, snaps: list[Snapshot], cfg: Decoding, guardrail, setting
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens, extra) for s in snaps]
     scores, g_secs = guard_scores(model, tok, prompts, guardrail.tag, cfg.batch_size)
     torch.manual_seed(run)
-    replies, r_secs = generate_replies(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size,
-                                       do_sample=cfg.runs > 1, temperature=cfg.temperature)
+    replies, r_secs = generate_replies(
+        model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, do_sample=cfg.runs > 1, temperature=cfg.temperature
+    )
     return [
         {
-            "id": s.id, "label": s.label, "setting": setting, "run": run, "message": s.message, "reply": r,
-            "tagged": starts_with_tag(r, guardrail.tag), "guard_score": sc, "guard_seconds": gs, "reply_seconds": rs,
+            "id": s.id,
+            "label": s.label,
+            "setting": setting,
+            "run": run,
+            "message": s.message,
+            "reply": r,
+            "tagged": starts_with_tag(r, guardrail.tag),
+            "guard_score": sc,
+            "guard_seconds": gs,
+            "reply_seconds": rs,
             **group_fields(s),
         }
         for s, r, sc, gs, rs in zip(snaps, replies, scores, g_secs, r_secs)
@@ -60,14 +71,25 @@ def group_fields(s: Snapshot) -> dict:
     return {k: extra[k] for k in GROUP_FIELDS if isinstance(extra.get(k), str)}
 
 
-def gate_rows(raw: list[dict], model, tok, snaps: list[Snapshot], cfg: Decoding, guardrail, threshold: float,
-              setting: str = "adapter_gated") -> list[dict]:
+def gate_rows(
+    raw: list[dict], model, tok, snaps: list[Snapshot], cfg: Decoding, guardrail, threshold: float, setting: str = "adapter_gated"
+) -> list[dict]:
     """The active adapters' replies under guard-gated decoding (only disagreeing items are generated again)."""
     from ..inference import gated_replies
     from ..prompt import prompt_ids
 
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
-    replies = gated_replies(model, tok, prompts, [r["guard_score"] for r in raw], threshold, guardrail.tag,
-                            [r["reply"] for r in raw], cfg.max_new_tokens, cfg.batch_size)
-    return [{**r, "setting": setting, "reply": rep, "tagged": starts_with_tag(rep, guardrail.tag)}
-            for r, rep in zip(raw, replies)]
+    replies = gated_replies(
+        model,
+        tok,
+        prompts,
+        [r["guard_score"] for r in raw],
+        threshold,
+        guardrail.tag,
+        [r["reply"] for r in raw],
+        cfg.max_new_tokens,
+        cfg.batch_size,
+    )
+    return [
+        {**r, "setting": setting, "reply": rep, "tagged": starts_with_tag(rep, guardrail.tag)} for r, rep in zip(raw, replies)
+    ]

@@ -35,8 +35,9 @@ def training_runs(run_dir: Path) -> dict[str, Path]:
     runs: dict[bytes, list[Path]] = {}
     for path in sorted(run_dir.glob("adapters/*/metrics.csv")):
         runs.setdefault(path.read_bytes(), []).append(path)
-    return {" + ".join(p.parent.name for p in paths) + (" (joint)" if len(paths) > 1 else ""): paths[0]
-            for paths in runs.values()}
+    return {
+        " + ".join(p.parent.name for p in paths) + (" (joint)" if len(paths) > 1 else ""): paths[0] for paths in runs.values()
+    }
 
 
 def training_curves(run_dir: Path, out: Path) -> Path | None:
@@ -146,7 +147,9 @@ def roc_and_histograms(run_dir: Path, out: Path) -> list[Path]:
         axes[0].legend(fontsize=8)
         for ax, s in zip(axes[1:], settings):
             for label, name in ((guardrail, "triggering"), (None, "not triggering")):
-                vals = [p["guard_score"] for p in preds if p["setting"] == s and ((p["label"] == guardrail) == (label is not None))]
+                vals = [
+                    p["guard_score"] for p in preds if p["setting"] == s and ((p["label"] == guardrail) == (label is not None))
+                ]
                 ax.hist(vals, bins=20, range=(0, 1), alpha=0.6, label=name)
             ax.set_title(f"guard score, {s}")
             ax.legend(fontsize=8)
@@ -171,8 +174,14 @@ def checkpoint_curves(run_dir: Path, out: Path) -> Path | None:
         for ax, key in zip(axes, ("tag_rate", "false_tag_rate", "auroc")):
             xs, ys = _floats(rows, key)
             ax.plot(xs, ys, "o-", label=name)
-    return _save_panels(fig, axes, ("tag rate (triggering)", "false tag rate (neutral)", "AUROC of guard score"),
-                        "checkpoint step", out / "checkpoint_curves.png", ylim=(-0.03, 1.03))
+    return _save_panels(
+        fig,
+        axes,
+        ("tag rate (triggering)", "false tag rate (neutral)", "AUROC of guard score"),
+        "checkpoint step",
+        out / "checkpoint_curves.png",
+        ylim=(-0.03, 1.03),
+    )
 
 
 def stacking_bars(run_dir: Path, out: Path) -> Path | None:
@@ -189,8 +198,10 @@ def stacking_bars(run_dir: Path, out: Path) -> Path | None:
     settings = list(dict.fromkeys(s for per in table.values() for s in per))
     width = 0.8 / len(settings)
     fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(table) * len(settings) / 2), 4.4))
-    for ax, key, title in ((axes[0], "tag_rate", "tag rate on its triggers"),
-                           (axes[1], "false_tag_rate", "false tag rate on the shared neutral turns")):
+    for ax, key, title in (
+        (axes[0], "tag_rate", "tag rate on its triggers"),
+        (axes[1], "false_tag_rate", "false tag rate on the shared neutral turns"),
+    ):
         for k, s in enumerate(settings):
             xs = [i + (k - (len(settings) - 1) / 2) * width for i in range(len(table))]
             ax.bar(xs, [per.get(s, {}).get(key) or 0.0 for per in table.values()], width, label=s)
@@ -220,6 +231,11 @@ def run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    paths = [training_curves(run_dir, out), checkpoint_curves(run_dir, out), detection_bars(run_dir, out),
-             stacking_bars(run_dir, out), *roc_and_histograms(run_dir, out)]
+    paths = [
+        training_curves(run_dir, out),
+        checkpoint_curves(run_dir, out),
+        detection_bars(run_dir, out),
+        stacking_bars(run_dir, out),
+        *roc_and_histograms(run_dir, out),
+    ]
     return [p for p in paths if p is not None]

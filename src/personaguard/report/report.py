@@ -14,13 +14,21 @@ import json
 from pathlib import Path
 
 from ..evaluate.evaluate import cell
-from .plots import eval_guardrail
 from ..schema import write_text_atomic
+from .plots import eval_guardrail
 
-COLUMNS = [("tag_rate", "tag rate"), ("false_tag_rate", "false tag rate"), ("adherence", "adherence"),
-           ("neutral_preserved", "neutral preserved"), ("precision", "precision"),
-           ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("latency_guard_s", "guard s/item"),
-           ("latency_reply_s", "reply s/item")]
+COLUMNS = [
+    ("tag_rate", "tag rate"),
+    ("false_tag_rate", "false tag rate"),
+    ("adherence", "adherence"),
+    ("neutral_preserved", "neutral preserved"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("f1", "F1"),
+    ("auroc", "AUROC"),
+    ("latency_guard_s", "guard s/item"),
+    ("latency_reply_s", "reply s/item"),
+]
 
 
 def collect(run_dir: Path) -> dict[str, dict]:
@@ -84,9 +92,14 @@ def _md_to_html(body: str) -> str:
 
 
 def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
-    lines = [f"# personaguard report — `{run_dir.name}`", "", "## Summary", "",
-             "| adapter / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# personaguard report — `{run_dir.name}`",
+        "",
+        "## Summary",
+        "",
+        "| adapter / data / setting | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
     lines += [f"| {k} | " + " | ".join(cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
     for title, body in _sections(run_dir):
         lines += ["", f"## {title}", "", body]
@@ -125,14 +138,18 @@ def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
         ex += f"<h3>{e(title)}</h3><ul>{lis}</ul>"
     cfg = run_dir / "pipeline_config.yaml"
     cfg_html = f"<h2>Config</h2><pre>{e(cfg.read_text(encoding='utf-8'))}</pre>" if cfg.exists() else ""
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}"
-             "li.ok{color:#155724}li.bad{color:#721c24}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
-            f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
-            f"<h2>Summary</h2><table id='summary'><tr><th>adapter / data / setting</th>{head}</tr>{body}</table>"
-            + "".join(f"<h2>{e(t)}</h2>{_md_to_html(b)}" for t, b in _sections(run_dir))
-            + f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>")
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}"
+        "li.ok{color:#155724}li.bad{color:#721c24}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
+        f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
+        f"<h2>Summary</h2><table id='summary'><tr><th>adapter / data / setting</th>{head}</tr>{body}</table>"
+        + "".join(f"<h2>{e(t)}</h2>{_md_to_html(b)}" for t, b in _sections(run_dir))
+        + f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>"
+    )
 
 
 def run(run_dir: str | Path) -> tuple[Path, Path]:

@@ -34,23 +34,31 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from ..config import StackEvalConfig, dump_yaml
-from ..inference import Decoding
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail
+from ..inference import Decoding
 from ..metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from .routing import StackCalibration
 
-RUNTIME_METHODS = ("dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint")  # stacks made at run time; every other method is a merge
+RUNTIME_METHODS = (
+    "dynamic",
+    "dynamic_gated",
+    "dynamic_agree",
+    "routed",
+    "routed_gated",
+    "routed_joint",
+)  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -72,9 +80,16 @@ def double_trigger_items(seed: int = 0) -> list[Snapshot]:
     side = load_pools().side(test=True)
     rng = random.Random(f"{seed}-double")
     return [
-        Snapshot(id=f"double-{i:03d}", persona=rng.choice(side.personas), history=rng.choice(side.histories),
-                 memories=rng.sample(side.memories, k=rng.choice([0, 1])), message=item["text"], label=NONE_LABEL,
-                 kind="double_trigger", labels=item["labels"])
+        Snapshot(
+            id=f"double-{i:03d}",
+            persona=rng.choice(side.personas),
+            history=rng.choice(side.histories),
+            memories=rng.sample(side.memories, k=rng.choice([0, 1])),
+            message=item["text"],
+            label=NONE_LABEL,
+            kind="double_trigger",
+            labels=item["labels"],
+        )
         for i, item in enumerate(raw["items"])
     ]
 
@@ -100,7 +115,9 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
         seen |= {_content(r) for r in neu}
     ids = [s.id for s in items]
     if len(set(ids)) != len(ids):
-        raise PersonaguardError("stack evaluation: the members' test files share item ids; give each its own generated test split")
+        raise PersonaguardError(
+            "stack evaluation: the members' test files share item ids; give each its own generated test split"
+        )
     return items
 
 
@@ -120,8 +137,10 @@ def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
     for g in cfg.test_data:
         path = _validation_path(cfg, g)
         if not path.is_file():
-            raise PersonaguardError(f"{path}: missing; {method} needs each member's validation split "
-                                    f"(set val_data.{g}, or keep the validation.jsonl that generate writes beside test.jsonl)")
+            raise PersonaguardError(
+                f"{path}: missing; {method} needs each member's validation split "
+                f"(set val_data.{g}, or keep the validation.jsonl that generate writes beside test.jsonl)"
+            )
         items += read_jsonl(path, Snapshot, allowed_labels=set(cfg.adapters) | {NONE_LABEL})
     return items
 
@@ -162,35 +181,41 @@ def resolve(cfg: StackEvalConfig) -> tuple[StackEvalConfig, dict[str, Guardrail]
     infos = {name: read_info(d) for name, d in cfg.adapters.items()}
     for name, info in infos.items():
         if info.guardrail.name not in (name, Path(name).stem):  # keyed by name, or by the YAML file's path
-            raise PersonaguardError(f"adapters.{name}: {cfg.adapters[name]} was trained for {info.guardrail.name!r}; "
-                                    "key each adapter by its own guardrail")
+            raise PersonaguardError(
+                f"adapters.{name}: {cfg.adapters[name]} was trained for {info.guardrail.name!r}; "
+                "key each adapter by its own guardrail"
+            )
     first = next(iter(infos.values()))
-    for field, value in (("model", first.base_model), ("max_prompt_tokens", first.max_prompt_tokens)):
-        given = getattr(cfg, field)
+    for key, value in (("model", first.base_model), ("max_prompt_tokens", first.max_prompt_tokens)):
+        given = getattr(cfg, key)
         for name, info in infos.items():
-            theirs = info.base_model if field == "model" else info.max_prompt_tokens
-            same = same_model(str(theirs), str(value)) if field == "model" else theirs == value
+            theirs = info.base_model if key == "model" else info.max_prompt_tokens
+            same = same_model(str(theirs), str(value)) if key == "model" else theirs == value
             if not same:
-                raise PersonaguardError(f"adapters.{name} was trained with {field} {theirs!r}, adapters."
-                                        f"{next(iter(infos))} with {value!r}; stack members must share it")
-        if given is not None and not (same_model(given, value) if field == "model" else given == value):
-            raise PersonaguardError(f"{field} {given!r} contradicts the member adapters ({value!r}); drop it")
+                raise PersonaguardError(
+                    f"adapters.{name} was trained with {key} {theirs!r}, adapters."
+                    f"{next(iter(infos))} with {value!r}; stack members must share it"
+                )
+        if given is not None and not (same_model(given, value) if key == "model" else given == value):
+            raise PersonaguardError(f"{key} {given!r} contradicts the member adapters ({value!r}); drop it")
     members = {name: info.guardrail for name, info in infos.items()}
     return cfg.model_copy(update={"model": cfg.model or first.base_model, "max_prompt_tokens": first.max_prompt_tokens}), members
 
 
 def run(cfg: StackEvalConfig) -> StackEvalResult:
+    from ..adapters import activate, load_stack
     from ..evaluate.predict import gate_rows, predict
     from ..models import LoadOptions, load_model
     from .routing import gate_thresholds, joint_thresholds, stack_calibration
-    from ..adapters import activate, load_stack
 
     cfg, members = resolve(cfg)
     tags = {g.tag for g in members.values()}
     if len(tags) != 1:
         raise PersonaguardError(f"stacked guardrails must share one tag (a stacked reply begins with it); got {sorted(tags)}")
     if set(cfg.test_data) != set(cfg.adapters):
-        raise PersonaguardError(f"stack evaluation: test_data names {sorted(cfg.test_data)} must match adapters {sorted(cfg.adapters)}")
+        raise PersonaguardError(
+            f"stack evaluation: test_data names {sorted(cfg.test_data)} must match adapters {sorted(cfg.adapters)}"
+        )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = shared_items(cfg.test_data, set(members) | {NONE_LABEL}, cfg.per_guardrail)
@@ -209,7 +234,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     extra_aware = [d for d in aware if d not in dirs]  # a chain's first member is the plain adapter itself
     model, names = load_stack(model, dirs + [str(d) for d in merged_dirs.values()] + extra_aware)
     n_m = len(dirs) + len(merged_dirs)
-    member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs):n_m]))
+    member_names, merged_names = names[: len(dirs)], dict(zip(merged_dirs, names[len(dirs) : n_m]))
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
     # dynamic_gated and dynamic_agree re-decide the dynamic stack's replies, so they come after them
     methods = sorted(cfg.methods, key=lambda m: m in ("dynamic_gated", "dynamic_agree"))
@@ -220,20 +245,43 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     first = next(iter(members.values()))  # the guard score is the tag's probability: the same for every member
     tag = first.tag
     if "routed_joint" in cfg.methods:
-        thresholds["routed_joint"] = joint_thresholds(model, tok, dict(zip(members, member_names)), validation_items(cfg, "routed_joint"),
-                                                      cfg.max_prompt_tokens, tag, cfg.batch_size)
+        thresholds["routed_joint"] = joint_thresholds(
+            model,
+            tok,
+            dict(zip(members, member_names)),
+            validation_items(cfg, "routed_joint"),
+            cfg.max_prompt_tokens,
+            tag,
+            cfg.batch_size,
+        )
     stack_thr, calibration = None, None
     checked = [m for m in ("dynamic_gated", "dynamic_agree") if m in cfg.methods]  # shown on the validation splits
     if "dynamic_gated" in cfg.methods:
-        calibration = stack_calibration(model, tok, dict(zip(members, member_names)), validation_items(cfg, "dynamic_gated"),
-                                        cfg.max_prompt_tokens, tag, cfg.batch_size)
+        calibration = stack_calibration(
+            model,
+            tok,
+            dict(zip(members, member_names)),
+            validation_items(cfg, "dynamic_gated"),
+            cfg.max_prompt_tokens,
+            tag,
+            cfg.batch_size,
+        )
         stack_thr = calibration.threshold
         if stack_thr is None:
-            raise PersonaguardError("dynamic_gated: the members' validation splits need triggering and neutral items to calibrate "
-                                    "the stack's gate on; regenerate with a validation split (generate.val_fraction)")
+            raise PersonaguardError(
+                "dynamic_gated: the members' validation splits need triggering and neutral items to calibrate "
+                "the stack's gate on; regenerate with a validation split (generate.val_fraction)"
+            )
     elif checked and _has_validation(cfg):  # dynamic_agree needs no calibration; the check runs where the splits exist
-        calibration = stack_calibration(model, tok, dict(zip(members, member_names)), validation_items(cfg, "dynamic_agree"),
-                                        cfg.max_prompt_tokens, tag, cfg.batch_size)
+        calibration = stack_calibration(
+            model,
+            tok,
+            dict(zip(members, member_names)),
+            validation_items(cfg, "dynamic_agree"),
+            cfg.max_prompt_tokens,
+            tag,
+            cfg.batch_size,
+        )
     if aware:
         by_dir = {**dict(zip(dirs, member_names)), **dict(zip(extra_aware, names[n_m:]))}
         settings.append(("dynamic_aware", [by_dir[d] for d in aware]))
@@ -268,12 +316,24 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     activate(model, member_names)
 
     write_jsonl_atomic(out / "predictions.jsonl", preds)
-    meta = {"model": cfg.model, "adapters": cfg.adapters, "methods": cfg.methods, "n_items": len(items), "n_double": len(double),
-            "thresholds": {m: {g: thr[n] for g, n in zip(members, member_names)} for m, thr in thresholds.items()}}
+    meta = {
+        "model": cfg.model,
+        "adapters": cfg.adapters,
+        "methods": cfg.methods,
+        "n_items": len(items),
+        "n_double": len(double),
+        "thresholds": {m: {g: thr[n] for g, n in zip(members, member_names)} for m, thr in thresholds.items()},
+    }
     if stack_thr is not None:
         meta["thresholds"]["dynamic_gated"] = stack_thr  # one threshold: the summed stack's own guard score
-    result = {"meta": meta, "table": table, "double_trigger": dt,
-              "merges": {m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()}}
+    result = {
+        "meta": meta,
+        "table": table,
+        "double_trigger": dt,
+        "merges": {
+            m: {k: i.get(k) for k in ("rank", "merge_seconds", "seconds", "svd_rank", "density")} for m, i in merges.items()
+        },
+    }
     if calibration is not None:
         result["validation"] = {"rates": calibration.validation, "misses": [m for c in checked for m in calibration.misses(c)]}
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
@@ -287,18 +347,29 @@ def agree_rows(summed: list[dict], model, tok, snaps: list[Snapshot], cfg: Decod
     """dynamic_agree's rows: the dynamic stack's (`summed`, every member active) with the tag kept only where
     at least one member alone votes for it (`member_vote`). guard_score stays the sum's (so its AUROC is
     dynamic's); guard_seconds adds the members' guard passes, the rule's cost."""
+    from ..adapters import use_adapters
     from ..inference import decided_replies
     from ..prompt import prompt_ids
     from .routing import member_votes
-    from ..adapters import use_adapters
 
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
     votes, vote_seconds = member_votes(model, tok, prompts, members, tag, cfg.batch_size)
     want = [r["tagged"] and v for r, v in zip(summed, votes)]
     with use_adapters(model, members):
-        replies = decided_replies(model, tok, prompts, want, tag, [r["reply"] for r in summed], cfg.max_new_tokens, cfg.batch_size)
-    return [{**r, "setting": "dynamic_agree", "reply": rep, "tagged": starts_with_tag(rep, tag), "member_vote": v,
-             "guard_seconds": r["guard_seconds"] + sec} for r, rep, v, sec in zip(summed, replies, votes, vote_seconds)]
+        replies = decided_replies(
+            model, tok, prompts, want, tag, [r["reply"] for r in summed], cfg.max_new_tokens, cfg.batch_size
+        )
+    return [
+        {
+            **r,
+            "setting": "dynamic_agree",
+            "reply": rep,
+            "tagged": starts_with_tag(rep, tag),
+            "member_vote": v,
+            "guard_seconds": r["guard_seconds"] + sec,
+        }
+        for r, rep, v, sec in zip(summed, replies, votes, vote_seconds)
+    ]
 
 
 def routed_rows(model, tok, snaps: list[Snapshot], cfg: Decoding, tag: str, thresholds: dict, setting: str) -> list[dict]:
@@ -310,9 +381,20 @@ def routed_rows(model, tok, snaps: list[Snapshot], cfg: Decoding, tag: str, thre
     prompts = [prompt_ids(tok, s, cfg.max_prompt_tokens) for s in snaps]
     out = routed_replies(model, tok, prompts, thresholds, tag, cfg.max_new_tokens, cfg.batch_size)
     return [
-        {"id": s.id, "label": s.label, "setting": setting, "run": 0, "message": s.message, "reply": o.reply,
-         "tagged": starts_with_tag(o.reply, tag), "guard_score": max(o.scores.values()), "route": o.route,
-         "guard_seconds": o.guard_seconds, "reply_seconds": o.reply_seconds, **group_fields(s)}
+        {
+            "id": s.id,
+            "label": s.label,
+            "setting": setting,
+            "run": 0,
+            "message": s.message,
+            "reply": o.reply,
+            "tagged": starts_with_tag(o.reply, tag),
+            "guard_score": max(o.scores.values()),
+            "route": o.route,
+            "guard_seconds": o.guard_seconds,
+            "reply_seconds": o.reply_seconds,
+            **group_fields(s),
+        }
         for s, o in zip(snaps, out)
     ]
 
@@ -326,21 +408,39 @@ CSV_COLUMNS = ["guardrail", "setting", *TABLE_KEYS, "n_triggering", "n_neutral"]
 
 def table_rows(table: dict[str, dict[str, dict]]) -> list[dict]:
     """One CSV row per guardrail and setting."""
-    return [{"guardrail": g, "setting": s, **{k: m.get(k) for k in CSV_COLUMNS[2:]}} for g, per in table.items() for s, m in per.items()]
+    return [
+        {"guardrail": g, "setting": s, **{k: m.get(k) for k in CSV_COLUMNS[2:]}}
+        for g, per in table.items()
+        for s, m in per.items()
+    ]
 
 
-def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], merges: dict[str, dict],
-                   calibration: StackCalibration | None = None, checked: Sequence[str] = ("dynamic_gated",)) -> str:
+def table_markdown(
+    table: dict[str, dict[str, dict]],
+    double: dict[str, dict],
+    merges: dict[str, dict],
+    calibration: StackCalibration | None = None,
+    checked: Sequence[str] = ("dynamic_gated",),
+) -> str:
     settings = _order(table)
-    lines = ["# Stacked guardrails", "",
-             "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.", "",
-             "| guardrail | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    lines = [
+        "# Stacked guardrails",
+        "",
+        "Tag rate on each guardrail's triggering items / false tag rate on the shared neutral items, per setting.",
+        "",
+        "| guardrail | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
     for g, per in table.items():
         cells = [f"{fmt(per[s]['tag_rate'])} / {fmt(per[s]['false_tag_rate'])}" if s in per else "–" for s in settings]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
-    lines += ["", "Relative to the single adapter: stacked tag rate / single tag rate, and false tag rate above single.", "",
-              "| guardrail | " + " | ".join(s for s in settings if s not in ("none", "single")) + " |",
-              "|---|" + "---|" * len([s for s in settings if s not in ("none", "single")])]
+    lines += [
+        "",
+        "Relative to the single adapter: stacked tag rate / single tag rate, and false tag rate above single.",
+        "",
+        "| guardrail | " + " | ".join(s for s in settings if s not in ("none", "single")) + " |",
+        "|---|" + "---|" * len([s for s in settings if s not in ("none", "single")]),
+    ]
     for g, per in table.items():
         single = per.get("single", {})
         cells = []
@@ -352,20 +452,32 @@ def table_markdown(table: dict[str, dict[str, dict]], double: dict[str, dict], m
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     others = sorted({lab for per in table.values() for lab in per.get("single", {}).get("per_label", {})} - {NONE_LABEL})
     if others:
-        lines += ["", "Single adapters on the other guardrails' triggering items (tag rate; low = the adapter keeps to its own trigger):", "",
-                  "| adapter | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        lines += [
+            "",
+            "Single adapters on the other guardrails' triggering items (tag rate; low = the adapter keeps to its own trigger):",
+            "",
+            "| adapter | " + " | ".join(others) + " |",
+            "|---|" + "---|" * len(others),
+        ]
         for g, per in table.items():
             pl = per.get("single", {}).get("per_label", {})
             lines.append(f"| {g} | " + " | ".join(fmt(pl[o]["tag_rate"]) if o in pl else "–" for o in others) + " |")
     if double:
-        lines += ["", "Double-trigger messages (two guardrails at once; the reply must begin with the tag):", "",
-                  "| setting | n | tag rate |", "|---|---|---|"]
+        lines += [
+            "",
+            "Double-trigger messages (two guardrails at once; the reply must begin with the tag):",
+            "",
+            "| setting | n | tag rate |",
+            "|---|---|---|",
+        ]
         lines += [f"| {s} | {d['n']} | {fmt(d['tag_rate'])} |" for s, d in double.items()]
     if calibration is not None:
         lines += validation_markdown(calibration, checked)
     if merges:
         lines += ["", "| merge | rank | seconds (add_weighted_adapter) | seconds (total) |", "|---|---|---|---|"]
-        lines += [f"| {m} | {i.get('rank')} | {fmt(i.get('merge_seconds'))} | {fmt(i.get('seconds'))} |" for m, i in merges.items()]
+        lines += [
+            f"| {m} | {i.get('rank')} | {fmt(i.get('merge_seconds'))} | {fmt(i.get('seconds'))} |" for m, i in merges.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -373,26 +485,40 @@ def validation_markdown(calibration: StackCalibration, checked: Sequence[str] = 
     """The check of the re-decided stacks in `checked` on the pooled validation splits: each member alone, the
     sum and each of them side by side, and a warning for every member one of them misses the target for."""
     cols = ("single", "dynamic", *checked)
-    fitted = (f"dynamic_gated's threshold {fmt(calibration.threshold)} was calibrated on them; "
-              if "dynamic_gated" in checked else "")
-    lines = ["", f"On the members' pooled validation splits ({fitted}greedy first-token decisions), tag rate / false tag rate:", "",
-             "| guardrail | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    fitted = (
+        f"dynamic_gated's threshold {fmt(calibration.threshold)} was calibrated on them; " if "dynamic_gated" in checked else ""
+    )
+    lines = [
+        "",
+        f"On the members' pooled validation splits ({fitted}greedy first-token decisions), tag rate / false tag rate:",
+        "",
+        "| guardrail | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for g, per in calibration.validation.items():
-        lines.append(f"| {g} | " + " | ".join(f"{fmt(per[c]['tag_rate'])} / {fmt(per[c]['false_tag_rate'])}" for c in cols) + " |")
+        lines.append(
+            f"| {g} | " + " | ".join(f"{fmt(per[c]['tag_rate'])} / {fmt(per[c]['false_tag_rate'])}" for c in cols) + " |"
+        )
     lines.append("")
     unchecked = [g for g, per in calibration.validation.items() if target_margin(per["single"], per["dynamic"]) is None]
     for setting in checked:
         misses = calibration.misses(setting)
         if unchecked:
-            lines.append(f"{setting}: not checked for {', '.join(unchecked)} (no triggering or no neutral items in the validation splits).")
+            lines.append(
+                f"{setting}: not checked for {', '.join(unchecked)} (no triggering or no neutral items in the validation splits)."
+            )
         if misses:
-            lines += [f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)."
-                      for m in misses]
+            lines += [
+                f"**Warning:** {m}; a miss on validation usually shows on new data too (retrain: joint training, more data)."
+                for m in misses
+            ]
         elif setting == "dynamic_gated":
-            lines.append(f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
-                         f"at <= +{TARGET_FALSE} false tags); its threshold was chosen on these items, so no guarantee on new "
-                         "data: replayed on saved test scores, a gate that passed on one half of the items passed on the other "
-                         "in 38 % of cases (docs/benchmarks.md).")
+            lines.append(
+                f"dynamic_gated meets the target on the validation splits (>= {TARGET_KEEP} of each member's tags "
+                f"at <= +{TARGET_FALSE} false tags); its threshold was chosen on these items, so no guarantee on new "
+                "data: replayed on saved test scores, a gate that passed on one half of the items passed on the other "
+                "in 38 % of cases (docs/research-log.md)."
+            )
         elif not unchecked:
             lines.append(f"{setting} meets the target on the validation splits (nothing was fitted on them).")
     return lines

@@ -107,7 +107,12 @@ def merge(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model.base_model.add_weighted_adapter(
-            names, weights, merged, combination_type=method, svd_rank=svd_rank, density=density,
+            names,
+            weights,
+            merged,
+            combination_type=method,
+            svd_rank=svd_rank,
+            density=density,
             svd_full_matrices=False,  # same top singular vectors, far less work on big layers
         )
     merge_seconds = time.perf_counter() - t1
@@ -128,11 +133,19 @@ def merge(
                 shutil.copy2(Path(d) / "guardrail.yaml", folder / "guardrails" / f"{name}.yaml")
                 copied.append(name)
         record = {
-            "method": method, "weights": weights, "density": density,
+            "method": method,
+            "weights": weights,
+            "density": density,
             "svd_rank": (svd_rank or max(c["r"] for c in configs)) if method == "svd" else None,
-            "seed": seed, "sources": [str(Path(d).resolve()) for d in adapter_dirs], "names": names,
-            "rank": merged_cfg.r, "base_model": base, "guardrails": copied, "peft_version": peft.__version__,
-            "merge_seconds": round(merge_seconds, 3), "seconds": round(time.perf_counter() - t0, 3),
+            "seed": seed,
+            "sources": [str(Path(d).resolve()) for d in adapter_dirs],
+            "names": names,
+            "rank": merged_cfg.r,
+            "base_model": base,
+            "guardrails": copied,
+            "peft_version": peft.__version__,
+            "merge_seconds": round(merge_seconds, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
         }
         (folder / "merge.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         if out.exists():  # created while we worked; rename would silently replace an empty folder
@@ -141,4 +154,3 @@ def merge(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**record, "out_dir": str(out)}
-

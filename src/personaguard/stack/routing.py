@@ -8,7 +8,7 @@ Usage:
 Why not only the sum (`stack.activate(model, names)`): each adapter is trained to say "no tag" on
 everything but its own trigger, so it learns a negative bias on the tag's first token. In a dynamic
 stack (or its exact cat merge) those biases add up: measured on three SmolLM2 adapters (docs/
-benchmarks.md "Stacking"), the summed stack tagged as little as 0 % of the triggering messages that
+research-log.md "Stacking"), the summed stack tagged as little as 0 % of the triggering messages that
 each member alone tagged 90+ % of. Routing keeps every member's own decision instead:
 
 1. each member alone makes its own decision in one teacher-forced pass over prompt + tag: either
@@ -38,7 +38,7 @@ with the tag only where the sum would (greedy) AND at least one member alone wou
 two misses false tags the other makes: a member's own near-miss mistake is not tagged unless the sum
 makes it as well (the union of the members' mistakes is what a sum or a routed stack of three pays
 over each member alone), and the sum's own mistakes, where no member alone fires, are not tagged at
-all. Recomputed on the saved test decisions of 26 runs (docs/benchmarks.md, "The sum and a member
+all. Recomputed on the saved test decisions of 26 runs (docs/research-log.md, "The sum and a member
 must agree"), it met the stacking target in 13 of them against 6 for the gated sum and 4 for the plain
 sum, with no threshold to calibrate; what it cannot mend is a sum that loses a member's tags (it only
 drops tags). The cost is one guard pass per member (a prompt pass each, no generation), as routing's.
@@ -50,12 +50,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters import use_adapters
 from ..errors import PersonaguardError
 from ..inference import guard_pass, replies_with_tag_decided
-from ..metrics import (GATE_FILE, TARGET_FALSE, TARGET_KEEP, gate_threshold, read_gate, relative_to_single, stack_gate_threshold,
-                      tag_rates, target_margin)
+from ..metrics import (
+    GATE_FILE,
+    TARGET_FALSE,
+    TARGET_KEEP,
+    gate_threshold,
+    read_gate,
+    relative_to_single,
+    stack_gate_threshold,
+    tag_rates,
+    target_margin,
+)
 from ..schema import NONE_LABEL
-from ..adapters import use_adapters
 
 
 @dataclass
@@ -73,14 +82,22 @@ def gate_thresholds(adapter_dirs: list[str | Path]) -> list[float]:
     for d in adapter_dirs:
         thr = read_gate(d)
         if thr is None:
-            raise PersonaguardError(f"{Path(d) / GATE_FILE}: missing; routed stacking needs each member's gate threshold "
-                                    "(train with a validation split, which writes it)")
+            raise PersonaguardError(
+                f"{Path(d) / GATE_FILE}: missing; routed stacking needs each member's gate threshold "
+                "(train with a validation split, which writes it)"
+            )
         out.append(thr)
     return out
 
 
 def joint_thresholds(
-    model, tokenizer, members: dict[str, str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
+    model,
+    tokenizer,
+    members: dict[str, str],
+    snaps: list,
+    max_prompt_tokens: int,
+    tag: str,
+    batch_size: int = 16,
 ) -> dict[str, float | None]:
     """Each member's gate recalibrated for the stack: adapter name -> threshold (None: greedy, no positives).
 
@@ -123,13 +140,21 @@ class StackCalibration:
             if margin is not None and margin < -1e-9:  # exactly at the edge counts as met
                 ratio, extra = relative_to_single(single, stacked)
                 keep = 1.0 if ratio is None else ratio
-                out.append(f"{setting} keeps {keep:.3f} of {g}'s tags at {extra:+.3f} false tags on the validation splits "
-                           f"(target >= {TARGET_KEEP} at <= +{TARGET_FALSE})")
+                out.append(
+                    f"{setting} keeps {keep:.3f} of {g}'s tags at {extra:+.3f} false tags on the validation splits "
+                    f"(target >= {TARGET_KEEP} at <= +{TARGET_FALSE})"
+                )
         return out
 
 
 def stack_calibration(
-    model, tokenizer, members: dict[str, str], snaps: list, max_prompt_tokens: int, tag: str, batch_size: int = 16,
+    model,
+    tokenizer,
+    members: dict[str, str],
+    snaps: list,
+    max_prompt_tokens: int,
+    tag: str,
+    batch_size: int = 16,
 ) -> StackCalibration:
     """The gate of the adapters in `members` (guardrail -> adapter name) active together, and a check of it.
 
@@ -152,8 +177,15 @@ def stack_calibration(
     thr = stack_gate_threshold(summed.scores, labels, alone)
     gated = [thr is not None and x >= thr for x in summed.scores]
     agree = [s and any(a[i] for a in alone.values()) for i, s in enumerate(summed.greedy)]  # dynamic_agree's decision
-    validation = {g: {"single": tag_rates(alone[g], labels, g), "dynamic": tag_rates(summed.greedy, labels, g),
-                      "dynamic_gated": tag_rates(gated, labels, g), "dynamic_agree": tag_rates(agree, labels, g)} for g in members}
+    validation = {
+        g: {
+            "single": tag_rates(alone[g], labels, g),
+            "dynamic": tag_rates(summed.greedy, labels, g),
+            "dynamic_gated": tag_rates(gated, labels, g),
+            "dynamic_agree": tag_rates(agree, labels, g),
+        }
+        for g in members
+    }
     return StackCalibration(thr, validation)
 
 
@@ -168,19 +200,27 @@ def alone_passes(model, tokenizer, prompts: list[list[int]], members: list[str],
 
 
 def member_votes(
-    model, tokenizer, prompts: list[list[int]], members: list[str], tag: str, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    members: list[str],
+    tag: str,
+    batch_size: int = 16,
 ) -> tuple[list[bool], list[float]]:
     """Per prompt: whether at least one of the adapters named in `members` (all loaded on `model`), active
     alone, would begin its greedy reply with the tag, and the seconds its guard passes took. One guard
     pass per member; the active set is restored."""
     passes = list(alone_passes(model, tokenizer, prompts, members, tag, batch_size).values())
-    return [any(p.greedy[i] for p in passes) for i in range(len(prompts))], [sum(p.seconds[i] for p in passes) for i in range(len(prompts))]
+    return [any(p.greedy[i] for p in passes) for i in range(len(prompts))], [
+        sum(p.seconds[i] for p in passes) for i in range(len(prompts))
+    ]
 
 
 def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy: dict[str, bool] | None = None) -> str | None:
     """The firing member furthest above its threshold (score / threshold), or None when none fires.
 
     A member with threshold None fires when greedy decoding would tag (`greedy[m]`), as it does alone."""
+
     def fires(m: str) -> bool:
         return bool(greedy and greedy[m]) if thresholds[m] is None else scores[m] >= thresholds[m]
 
@@ -189,8 +229,13 @@ def route(scores: dict[str, float], thresholds: dict[str, float | None], greedy:
 
 
 def routed_replies(
-    model, tokenizer, prompts: list[list[int]], thresholds: dict[str, float | None], tag: str,
-    max_new_tokens: int = 40, batch_size: int = 16,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    thresholds: dict[str, float | None],
+    tag: str,
+    max_new_tokens: int = 40,
+    batch_size: int = 16,
 ) -> list[Routed]:
     """Replies of the routed stack of the adapters named in `thresholds` (all loaded on `model`).
 
@@ -208,8 +253,9 @@ def routed_replies(
             continue
         # the member that fired writes after the tag; with none, the base model answers without it
         with use_adapters(model, [m] if m else []):
-            texts, secs = replies_with_tag_decided(model, tokenizer, [prompts[i] for i in idx], tag, m is not None,
-                                                   max_new_tokens, batch_size)
+            texts, secs = replies_with_tag_decided(
+                model, tokenizer, [prompts[i] for i in idx], tag, m is not None, max_new_tokens, batch_size
+            )
         for i, t, s in zip(idx, texts, secs):
             replies[i], r_secs[i] = t, s
     return [Routed(r, rt, s, g_sec, rs) for r, rt, s, rs in zip(replies, routes, per_item, r_secs)]

@@ -7,7 +7,7 @@ Usage:
 
 Why: a dynamic stack adds its members' LoRA updates, and members trained one by one do not add up:
 each changes the hidden states the others read, so their sum loses tags or fires on neutral turns
-(docs/benchmarks.md, "Stacking three guardrails" and "Members that add up"). Here the training
+(docs/research-log.md, "Stacking three guardrails" and "Members that add up"). Here the training
 objective is the stack's own. Each step draws one non-empty subset S of the members (all of them
 with probability `full_stack_share` + `neutral_stack_share`, else uniformly from all 2^n - 1) and
 activates it (PEFT adds the active adapters' updates exactly as a dynamic stack does when serving).
@@ -20,7 +20,7 @@ So every set a request may activate -- each member alone, any pair, all of them 
 and only the members in S receive gradients that step. The validation loss uses all members at once.
 On the `neutral_stack_share` of the steps (all members active) only the neutral rows are scored, their
 loss a mean over the batch's neutral rows: the full stack's extra false tags sit on near-miss turns
-(docs/benchmarks.md), and full-set steps with every trigger tagged (`full_stack_share`) raised them.
+(docs/research-log.md), and full-set steps with every trigger tagged (`full_stack_share`) raised them.
 
 Outputs: one ordinary PEFT adapter folder per member (usable alone, stacked or merged) with
 config.yaml, guardrail.yaml, joint.json (the run it came from), its gate threshold calibrated with that
@@ -119,8 +119,10 @@ def _rows(cfg: TrainConfig, split: str, index: dict[str, int], required: bool) -
         raise PersonaguardError(f"{path}: no training examples")
     cross = sum(getattr(r, "kind", None) == "cross_negative" for r in rows)
     if cross:
-        raise PersonaguardError(f"{path}: {cross} cross_negative rows; joint training makes its own cross-negatives from the "
-                                "members' triggers, so generate this data with cross_negative_share 0")
+        raise PersonaguardError(
+            f"{path}: {cross} cross_negative rows; joint training makes its own cross-negatives from the "
+            "members' triggers, so generate this data with cross_negative_share 0"
+        )
     return [(r, index.get(r.label, -1)) for r in rows]
 
 
@@ -171,11 +173,18 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     args = training_arguments(first, out_dir, device, bool(val_feats), save_strategy="no", ddp_find_unused_parameters=True)
     targets = SubsetTargets(names, first.seed, cfg.full_stack_share, cfg.neutral_stack_share)
     trainer = ORPOTrainer(
-        model=model, args=args, train_dataset=as_dataset(train_feats),
-        eval_dataset=as_dataset(val_feats) if val_feats else None, data_collator=collate(tok.pad_token_id),
-        callbacks=[MetricsCSV(out_dir / "metrics.csv")], orpo_lambda=first.orpo_lambda,
-        decision_token_weight=first.decision_token_weight, neutral_loss=first.neutral_loss,
-        anchor_weight=first.anchor_weight, tag_anchor_weight=first.tag_anchor_weight, row_targets=targets,
+        model=model,
+        args=args,
+        train_dataset=as_dataset(train_feats),
+        eval_dataset=as_dataset(val_feats) if val_feats else None,
+        data_collator=collate(tok.pad_token_id),
+        callbacks=[MetricsCSV(out_dir / "metrics.csv")],
+        orpo_lambda=first.orpo_lambda,
+        decision_token_weight=first.decision_token_weight,
+        neutral_loss=first.neutral_loss,
+        anchor_weight=first.anchor_weight,
+        tag_anchor_weight=first.tag_anchor_weight,
+        row_targets=targets,
     )
     t0 = time.perf_counter()
     result = trainer.train()
@@ -186,18 +195,45 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     for m, g, rows in zip(members, guardrails, val_by_member):
         adapter = Path(m.out_dir)
         _save_member(trainer.model, g.name, adapter)
-        write_text_atomic(adapter / "joint.json", json.dumps(
-            {"joint_run": str(out_dir), "members": dict(zip(names, (x.out_dir for x in members)))}, indent=2))
+        write_text_atomic(
+            adapter / "joint.json",
+            json.dumps({"joint_run": str(out_dir), "members": dict(zip(names, (x.out_dir for x in members)))}, indent=2),
+        )
         if (out_dir / "metrics.csv").is_file():
             shutil.copy2(out_dir / "metrics.csv", adapter / "metrics.csv")
         trainer.model.base_model.set_adapter([g.name])  # the gate is the member's alone, as routed stacks use it
-        finish_adapter(trainer.model, tok, m, g, adapter, [r for r, _ in rows],
-                       {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
-                        "train_examples": len(train_feats), "device": device, "joint_run": str(out_dir)}, run_id)
+        finish_adapter(
+            trainer.model,
+            tok,
+            m,
+            g,
+            adapter,
+            [r for r, _ in rows],
+            {
+                "steps": result.global_step,
+                "seconds": round(seconds, 1),
+                "train_loss": result.training_loss,
+                "train_examples": len(train_feats),
+                "device": device,
+                "joint_run": str(out_dir),
+            },
+            run_id,
+        )
         results.append(TrainResult(adapter, result.global_step, seconds, result.training_loss))
-    write_text_atomic(out_dir / "train_result.json", json.dumps(
-        {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
-         "train_examples": len(train_feats), "device": device, "subsets_drawn": targets.drawn,
-         "members": {n: x.out_dir for n, x in zip(names, members)}}, indent=2))
+    write_text_atomic(
+        out_dir / "train_result.json",
+        json.dumps(
+            {
+                "steps": result.global_step,
+                "seconds": round(seconds, 1),
+                "train_loss": result.training_loss,
+                "train_examples": len(train_feats),
+                "device": device,
+                "subsets_drawn": targets.drawn,
+                "members": {n: x.out_dir for n, x in zip(names, members)},
+            },
+            indent=2,
+        ),
+    )
     write_text_atomic(out_dir / "config.yaml", dump_yaml(cfg))
     return results

@@ -19,10 +19,10 @@ log-probability of the rejected reply's first token (the tag) at the reply's sta
 Why: a stack of adapters adds their updates, and the tag's log-probability moves roughly by the sum of
 what each member does to it. ORPO's neutral rows (rejected = a tagged refusal) teach every member to push
 the tag *below* the base model on all turns but its own trigger, so in a stack the others outweigh the
-member that should fire (docs/benchmarks.md, "Stacking three guardrails"). The KL alone does not fix
+member that should fire (docs/research-log.md, "Stacking three guardrails"). The KL alone does not fix
 it: the base model gives the tag a log-prob of about -8 to -11 at a neutral reply's start, a member
 trained with the KL alone raised that by 4-6 nats at almost no KL cost, and three such members summed
-made the tag the likeliest first token on 0.75-0.83 of the neutral turns (docs/benchmarks.md, run X1).
+made the tag the likeliest first token on 0.75-0.83 of the neutral turns (docs/research-log.md, run X1).
 Held at the base's log-probability, a member neither pushes the tag down nor up outside its trigger.
 """
 
@@ -44,9 +44,15 @@ def odds_ratio_terms(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -
     return -F.logsigmoid(log_odds), log_odds
 
 
-def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, orpo_lambda: float = 0.1,
-              anchor_loss: torch.Tensor | None = None, anchored: torch.Tensor | None = None,
-              anchor_weight: float = 1.0, row_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def orpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    orpo_lambda: float = 0.1,
+    anchor_loss: torch.Tensor | None = None,
+    anchored: torch.Tensor | None = None,
+    anchor_weight: float = 1.0,
+    row_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Batch ORPO loss plus the parts worth logging (all batch means).
 
     With `anchor_loss` (per row) and the bool mask `anchored`, the anchored rows contribute
@@ -58,8 +64,9 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, orpo_lam
         if not bool(row_mask.any()):
             parts = orpo_loss(chosen_logps.detach(), rejected_logps.detach(), orpo_lambda)
             return {**parts, "loss": chosen_logps[:0].float().sum()}  # 0 with the graph kept for backward
-        take = (lambda t: None if t is None else t[row_mask])
-        return orpo_loss(chosen_logps[row_mask], rejected_logps[row_mask], orpo_lambda, take(anchor_loss), take(anchored), anchor_weight)
+        kept_anchor = None if anchor_loss is None else anchor_loss[row_mask]
+        kept_anchored = None if anchored is None else anchored[row_mask]
+        return orpo_loss(chosen_logps[row_mask], rejected_logps[row_mask], orpo_lambda, kept_anchor, kept_anchored, anchor_weight)
     or_loss, log_odds = odds_ratio_terms(chosen_logps, rejected_logps)
     nll_rows = -chosen_logps.float()
     per_row = nll_rows + orpo_lambda * or_loss
@@ -122,8 +129,16 @@ def pack_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         out["r_src"][b, :R] = torch.tensor([P - 1] + list(range(P + C, P + C + R - 1)))
         out["r_tgt"][b, :R] = torch.tensor(r)
         r_mask[b, :R] = True
-    return {"input_ids": input_ids, "position_ids": position_ids, "allow": allow, **out, "c_mask": c_mask, "r_mask": r_mask,
-            "neutral": neutral, "member": member}
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "allow": allow,
+        **out,
+        "c_mask": c_mask,
+        "r_mask": r_mask,
+        "neutral": neutral,
+        "member": member,
+    }
 
 
 def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -133,8 +148,9 @@ def additive_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[:, None]
 
 
-def mean_reply_logps(logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
-                     decision_token_weight: float = 1.0) -> torch.Tensor:
+def mean_reply_logps(
+    logits: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0
+) -> torch.Tensor:
     """Mean log-prob of each reply's tokens from full-sequence logits (the two-sequence reference
     computation the packed one is tested against); only the scored rows go through log_softmax."""
     return _mean_logp(torch.log_softmax(_at(logits, src).float(), dim=-1), tgt, mask, decision_token_weight)
@@ -159,7 +175,9 @@ def _weighted_mean(values: torch.Tensor, mask: torch.Tensor, decision_token_weig
     return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
-def anchor_kl(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0) -> torch.Tensor:
+def anchor_kl(
+    logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor, decision_token_weight: float = 1.0
+) -> torch.Tensor:
     """Per-row weighted mean over reply positions of KL(base || adapter), from both models' log-probs."""
     kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
     return _weighted_mean(kl, mask, decision_token_weight)
@@ -188,8 +206,15 @@ def _scored_rows(model, kwargs: dict, srcs: list[torch.Tensor]) -> list[torch.Te
     return [head(_at(hidden, s)) for s in srcs]
 
 
-def packed_forward(model, batch: dict[str, torch.Tensor], orpo_lambda: float, decision_token_weight: float = 1.0,
-                   neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def packed_forward(
+    model,
+    batch: dict[str, torch.Tensor],
+    orpo_lambda: float,
+    decision_token_weight: float = 1.0,
+    neutral_loss: str = "orpo",
+    anchor_weight: float = 1.0,
+    tag_anchor_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """One forward pass over packed pairs -> ORPO loss dict.
 
     `decision_token_weight` > 1 weights each reply's first token more in its mean log-prob (1 = plain ORPO).

@@ -24,9 +24,28 @@ from ..guardrails import get_guardrail
 from ..schema import NONE_LABEL, Example, read_jsonl, write_text_atomic
 
 METRIC_COLUMNS = [
-    "step", "epoch", "loss", "nll", "or_loss", "log_odds", "chosen_logp", "rejected_logp", "reward_acc", "anchor_kl", "tag_shift",
-    "learning_rate", "grad_norm", "eval_loss", "eval_nll", "eval_or_loss", "eval_log_odds",
-    "eval_chosen_logp", "eval_rejected_logp", "eval_reward_acc", "eval_anchor_kl", "eval_tag_shift",
+    "step",
+    "epoch",
+    "loss",
+    "nll",
+    "or_loss",
+    "log_odds",
+    "chosen_logp",
+    "rejected_logp",
+    "reward_acc",
+    "anchor_kl",
+    "tag_shift",
+    "learning_rate",
+    "grad_norm",
+    "eval_loss",
+    "eval_nll",
+    "eval_or_loss",
+    "eval_log_odds",
+    "eval_chosen_logp",
+    "eval_rejected_logp",
+    "eval_reward_acc",
+    "eval_anchor_kl",
+    "eval_tag_shift",
 ]
 
 
@@ -49,7 +68,9 @@ def tokenize_examples(examples: list[Example], tokenizer, cfg: TrainConfig) -> l
             "rejected_ids": reply_ids(tokenizer, ex.rejected, cfg.max_reply_tokens),
         }
         row["neutral"] = ex.label == NONE_LABEL  # neutral_loss 'anchor' scores these rows against the base model
-        row["length"] = len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])  # packed length, for length-grouped batches
+        row["length"] = (
+            len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+        )  # packed length, for length-grouped batches
         rows.append(row)
     return rows
 
@@ -70,9 +91,17 @@ def _make_trainer_classes():
     class ORPOTrainer(Trainer):
         """Trainer whose loss is ORPO over shared-prefix packed pairs; logs the loss parts too."""
 
-        def __init__(self, *args, orpo_lambda: float = 0.1, decision_token_weight: float = 1.0,
-                     neutral_loss: str = "orpo", anchor_weight: float = 1.0, tag_anchor_weight: float = 1.0,
-                     row_targets=None, **kwargs):
+        def __init__(
+            self,
+            *args,
+            orpo_lambda: float = 0.1,
+            decision_token_weight: float = 1.0,
+            neutral_loss: str = "orpo",
+            anchor_weight: float = 1.0,
+            tag_anchor_weight: float = 1.0,
+            row_targets=None,
+            **kwargs,
+        ):
             super().__init__(*args, **kwargs)
             self.row_targets = row_targets  # joint training: picks the active members and each row's target per batch
             self.orpo_lambda = orpo_lambda
@@ -81,13 +110,23 @@ def _make_trainer_classes():
             self.anchor_weight = anchor_weight
             self.tag_anchor_weight = tag_anchor_weight
             self._sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
-            self._counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}  # per part: anchor_kl comes only with neutral rows
+            self._counts: dict[str, dict[str, int]] = {
+                "train": {},
+                "eval": {},
+            }  # per part: anchor_kl comes only with neutral rows
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.row_targets is not None:
                 inputs = self.row_targets(model, inputs)
-            parts = packed_forward(model, inputs, self.orpo_lambda, self.decision_token_weight,
-                                   self.neutral_loss, self.anchor_weight, self.tag_anchor_weight)
+            parts = packed_forward(
+                model,
+                inputs,
+                self.orpo_lambda,
+                self.decision_token_weight,
+                self.neutral_loss,
+                self.anchor_weight,
+                self.tag_anchor_weight,
+            )
             split = "train" if model.training else "eval"
             for k, v in parts.items():
                 if k != "loss":
@@ -139,13 +178,24 @@ def calibrate_gate(model, tok, val_rows: list[Example], guardrail, cfg: TrainCon
 
     model.eval()
     with torch.no_grad():
-        scores, _ = guard_scores(model, tok, [prompt_ids(tok, r, cfg.max_prompt_tokens) for r in val_rows], guardrail.tag, cfg.batch_size)
+        scores, _ = guard_scores(
+            model, tok, [prompt_ids(tok, r, cfg.max_prompt_tokens) for r in val_rows], guardrail.tag, cfg.batch_size
+        )
     pos = [s for s, r in zip(scores, val_rows) if r.label == guardrail.name]
     neg = [s for s, r in zip(scores, val_rows) if r.label != guardrail.name]
     thr = gate_threshold(pos, neg)
     if thr is not None:
-        write_text_atomic(out_dir / GATE_FILE, json.dumps(
-            {"threshold": thr, "n_validation": len(val_rows), "source": "validation split, best F1 moved halfway to the next negative"}, indent=2))
+        write_text_atomic(
+            out_dir / GATE_FILE,
+            json.dumps(
+                {
+                    "threshold": thr,
+                    "n_validation": len(val_rows),
+                    "source": "validation split, best F1 moved halfway to the next negative",
+                },
+                indent=2,
+            ),
+        )
     return thr
 
 
@@ -182,8 +232,9 @@ def _layer_linear_names(model) -> list[str]:
     """Names of the linear projections inside the decoder layers (what 'all-linear' selects there)."""
     import torch
 
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-             if isinstance(mod, torch.nn.Linear) and ".layers." in name}
+    names = {
+        name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and ".layers." in name
+    }
     if not names:
         raise PersonaguardError("train.lora_top_layers: found no linear layers under '.layers.'; list target_modules by name")
     return sorted(names)
@@ -210,35 +261,40 @@ def training_arguments(cfg: TrainConfig, out_dir: Path, device: str, with_eval: 
     from transformers import TrainingArguments
 
     bf16 = device.startswith("cuda") and cfg.precision in ("auto", "bf16")
-    return TrainingArguments(**{**dict(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
-        lr_scheduler_type="linear",
-        logging_steps=cfg.logging_steps,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if with_eval else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        use_cpu=device == "cpu",
-        bf16=bf16,
-        fp16=device.startswith("cuda") and cfg.precision == "fp16",
-        remove_unused_columns=False,
-        # batches of similar packed length waste less compute on padding
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
-        label_names=["c_tgt"],
-        dataloader_pin_memory=False,
-        report_to=cfg.report_to or "none",
-        disable_tqdm=False,
-    ), **overrides})
+    return TrainingArguments(
+        **{
+            **dict(
+                output_dir=str(out_dir),
+                per_device_train_batch_size=cfg.batch_size,
+                per_device_eval_batch_size=cfg.batch_size,
+                gradient_accumulation_steps=cfg.grad_accum,
+                learning_rate=cfg.lr,
+                num_train_epochs=cfg.epochs,
+                max_steps=cfg.max_steps,
+                warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
+                lr_scheduler_type="linear",
+                logging_steps=cfg.logging_steps,
+                eval_strategy=("steps" if cfg.eval_steps else "epoch") if with_eval else "no",
+                eval_steps=cfg.eval_steps or None,
+                save_strategy="steps",
+                save_steps=cfg.save_steps,
+                save_total_limit=cfg.save_total_limit,
+                seed=cfg.seed,
+                use_cpu=device == "cpu",
+                bf16=bf16,
+                fp16=device.startswith("cuda") and cfg.precision == "fp16",
+                remove_unused_columns=False,
+                # batches of similar packed length waste less compute on padding
+                train_sampling_strategy="group_by_length",
+                length_column_name="length",
+                label_names=["c_tgt"],
+                dataloader_pin_memory=False,
+                report_to=cfg.report_to or "none",
+                disable_tqdm=False,
+            ),
+            **overrides,
+        }
+    )
 
 
 def lora_for_training(cfg: TrainConfig, adapter_name: str = "default"):
@@ -297,14 +353,27 @@ def run(cfg: TrainConfig) -> TrainResult:
     result = trainer.train(resume_from_checkpoint=True if (cfg.resume and has_ckpt) else None)
     seconds = time.perf_counter() - t0
     trainer.model.save_pretrained(out_dir, selected_adapters=["default"])  # never the frozen stack members
-    finish_adapter(trainer.model, tok, cfg, guardrail, out_dir, val_rows,
-                   {"steps": result.global_step, "seconds": round(seconds, 1), "train_loss": result.training_loss,
-                    "train_examples": len(train_feats), "device": device})
+    finish_adapter(
+        trainer.model,
+        tok,
+        cfg,
+        guardrail,
+        out_dir,
+        val_rows,
+        {
+            "steps": result.global_step,
+            "seconds": round(seconds, 1),
+            "train_loss": result.training_loss,
+            "train_examples": len(train_feats),
+            "device": device,
+        },
+    )
     return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
 
 
-def finish_adapter(model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_rows: list[Example], summary: dict,
-                   run_id: str | None = None) -> float | None:
+def finish_adapter(
+    model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_rows: list[Example], summary: dict, run_id: str | None = None
+) -> float | None:
     """Everything an adapter folder holds besides its weights: tokenizer, config, guardrail, the gate
     calibrated with the model's active adapters, train_result.json (`summary` + the gate) and
     personaguard.json, the description later stages read (adapters.read_info)."""
@@ -317,7 +386,16 @@ def finish_adapter(model, tok, cfg: TrainConfig, guardrail, out_dir: Path, val_r
     write_text_atomic(out_dir / "guardrail.yaml", dump_yaml(guardrail))
     threshold = calibrate_gate(model, tok, val_rows, guardrail, cfg, out_dir) if val_rows else None
     run_id = run_id or uuid.uuid4().hex[:12]
-    write_text_atomic(out_dir / "train_result.json", json.dumps({**summary, "guard_threshold": threshold, "run_id": run_id}, indent=2))
-    write_info(out_dir, guardrail=guardrail, base_model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
-               max_reply_tokens=cfg.max_reply_tokens, gate_threshold=threshold, run_id=run_id)
+    write_text_atomic(
+        out_dir / "train_result.json", json.dumps({**summary, "guard_threshold": threshold, "run_id": run_id}, indent=2)
+    )
+    write_info(
+        out_dir,
+        guardrail=guardrail,
+        base_model=cfg.model,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_reply_tokens=cfg.max_reply_tokens,
+        gate_threshold=threshold,
+        run_id=run_id,
+    )
     return threshold
