@@ -38,7 +38,12 @@ class GenerateOptions(_Strict):
     trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
     hard_negative_share: float = Field(0.3, ge=0, le=1, description="Share of neutral examples that are near-miss messages.")
     cross_negative_share: float = Field(
-        0.0, ge=0, le=1, description="Share of neutral examples whose message triggers another guardrail."
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of neutral examples whose message is another guardrail's trigger (answered normally): an "
+        "adapter trained without them learns 'a serious question' and fires on the other guardrails' topics. Joint "
+        "training makes its own and sets this to 0.",
     )
     continuation_share: float = Field(
         0.25,
@@ -389,6 +394,9 @@ StackMethod = Literal[
     "dare_ties",
     "dare_linear",
 ]
+# The stack the product uses (pipeline, `stack`, later the server): members trained independently, any
+# subset chosen per request, each member deciding alone so one added member changes no other's decision.
+DEFAULT_STACK_METHOD = "routed"
 STACK_METHOD_HELP: dict[str, str] = {
     "dynamic": "all members active at once (their exact sum, no merge)",
     "dynamic_gated": "the sum, its tag decided by the sum's guard score against one threshold calibrated on the members' "
@@ -411,8 +419,26 @@ class StackOptions(_Strict):
     """Which stacks are compared and how; the pipeline's `stack:` section (members and folders are filled in)."""
 
     methods: list[StackMethod] = Field(
-        ["dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint", "cat", "svd", "linear"],
-        description="Stacks to compare: " + "; ".join(f"{k} = {v}" for k, v in STACK_METHOD_HELP.items()) + ".",
+        [
+            DEFAULT_STACK_METHOD,
+            "routed_gated",
+            "routed_joint",
+            "dynamic",
+            "dynamic_gated",
+            "dynamic_agree",
+            "cat",
+            "svd",
+            "linear",
+        ],
+        description=f"Stacks to compare ({DEFAULT_STACK_METHOD!r} is the default stack of the product: any subset of "
+        "independently trained members, attribution included): "
+        + "; ".join(f"{k} = {v}" for k, v in STACK_METHOD_HELP.items())
+        + ".",
+    )
+    data: str | None = Field(
+        None,
+        description="One Snapshot JSONL (or a packaged set such as real-chats-v1) that every setting answers instead of "
+        "the members' test splits; its labels may name guardrails outside the stack (they must stay untagged).",
     )
     val_data: dict[str, str] = Field(
         default_factory=dict,
@@ -440,7 +466,9 @@ class StackEvalConfig(StackOptions):
 
     model: str | None = Field(None, description="Base model; default: the one every member adapter was trained on.")
     adapters: dict[str, str] = Field(..., description="Guardrail name -> its adapter folder (two or more).")
-    test_data: dict[str, str] = Field(..., description="Guardrail name -> its test JSONL (triggering + neutral items).")
+    test_data: dict[str, str] = Field(
+        default_factory=dict, description="Guardrail name -> its test JSONL (triggering + neutral items); not needed with `data`."
+    )
     out_dir: str = Field(..., description="Where merged adapters, stack_metrics.json and stack_table.md/csv go.")
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     aware_adapters: dict[str, str] = Field(
@@ -456,6 +484,11 @@ class StackEvalConfig(StackOptions):
     def _check(self) -> StackEvalConfig:
         if len(self.adapters) < 2:
             raise ValueError(f"adapters: a stack needs two or more guardrail adapters, got {len(self.adapters)}")
+        if self.data is None and set(self.test_data) != set(self.adapters):
+            raise ValueError(
+                f"test_data names {sorted(self.test_data)} but adapters {sorted(self.adapters)}; give each member's test "
+                "file, or one `data` file for all"
+            )
         return self
 
 
@@ -514,7 +547,7 @@ class PipelineConfig(_Strict):
                 raise ValueError("joint_training needs two or more guardrails; list them or set joint_training: false")
             if self.stack_aware_training:
                 raise ValueError("joint_training and stack_aware_training are two ways to train for the stack; set one of them")
-            if self.generate.cross_negative_share:
+            if "cross_negative_share" in self.generate.model_fields_set and self.generate.cross_negative_share:
                 raise ValueError(
                     "joint_training makes its own cross-negatives from the members' triggers; "
                     "set generate.cross_negative_share: 0"

@@ -68,6 +68,8 @@ def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | Non
     }
     if variation:
         gen_fields["variation"] = variation
+    if cfg.joint_training:
+        gen_fields["cross_negative_share"] = 0.0  # joint training turns the members' triggers into each other's negatives
     g = build(GenerateConfig, gen_fields, f"{source} (generate)")
     name = f"{stem}_{variation}" if variation else stem
     data_dir = run_dir / "data" / f"{stem}_{g.variation}"

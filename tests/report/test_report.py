@@ -117,3 +117,20 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")
+
+
+def test_the_report_shows_every_settings_tag_rate_on_every_label(run_dir):
+    """The full confusion: a politics adapter that also tags expert questions is visible in the report."""
+    mfile = run_dir / "eval" / "politics" / "test" / "metrics.json"
+    data = json.loads(mfile.read_text())
+    data["settings"]["adapter"]["per_label"] = {"politics": {"n": 3, "tag_rate": 1.0}, "expert_opinion": {"n": 4, "tag_rate": 0.75},
+                                               "none": {"n": 3, "tag_rate": 0.0}}
+    mfile.write_text(json.dumps(data))
+    md_path, html_path = report.run(run_dir)
+    md = md_path.read_text()
+    assert "## Tag rate on every label" in md
+    assert "| adapter / data / setting | expert_opinion | politics | none |" in md
+    assert "| politics / test / adapter | 0.750 | 1.000 | 0.000 |" in md
+    page = html_path.read_text()
+    confusion = page[page.index("<div id='confusion'>"):]
+    assert "<td>0.750</td>" in confusion.split("</div>")[0]

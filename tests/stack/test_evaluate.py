@@ -298,3 +298,33 @@ def test_dynamic_agree_keeps_the_sums_tag_only_where_a_member_alone_votes_for_it
         assert {(True, True), (True, False)} <= cases
     else:
         assert set(real) == {True, False} and (True, True) in cases
+
+
+def test_a_fourth_member_stacks_with_three_others_on_one_data_file_without_touching_them(tiny_model_dir, tmp_path):
+    """Members trained independently: adding one changes no other's folder, every row says which member
+    fired (attribution), and the default stack is decided for every subset of the members."""
+    import hashlib
+
+    from personaguard.stack import evaluate as stack_eval
+
+    names = ("politics", "expert_opinion", "meeting", "alpha")
+    adapters = {g: _random_adapter(tiny_model_dir, tmp_path / g, 40 + k, scale=0.1) for k, g in enumerate(names)}
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+    before = {g: digest(adapters[g]) for g in names[:3]}
+    rows = _snaps("politics", ["Who gets your vote?"], ["I baked bread"]) + _snaps("meeting", ["Coffee tomorrow?"], ["new phone"])
+    rows += _snaps("alpha", ["the user says alpha"], [])
+    write_jsonl_atomic(tmp_path / "shared.jsonl", [r.model_copy(update={"id": f"{r.label}-{i}"}) for i, r in enumerate(rows)])
+    res = stack_eval.run(StackEvalConfig(adapters=adapters, data=str(tmp_path / "shared.jsonl"), out_dir=str(tmp_path / "stacks"),
+                                         methods=["routed"], max_new_tokens=4, batch_size=8, double_trigger=False))
+    assert {g: digest(adapters[g]) for g in names[:3]} == before
+    preds = [json.loads(x) for x in (res.out_dir / "predictions.jsonl").read_text().splitlines()]
+    routed = [r for r in preds if r["setting"] == "routed"]
+    assert routed and all("fired" in r and set(r["member_greedy"]) == set(names) for r in routed)
+    assert all(r["fired"] is None or r["fired"] in names for r in routed)
+    metrics = json.loads((res.out_dir / "stack_metrics.json").read_text())
+    assert len(metrics["subsets"]) == 11  # 6 pairs + 4 triples + 1 of all four
+    assert set(metrics["confusion"]["single:politics"]) == {"politics", "meeting", "alpha", "none"}
+    assert "## The default stack (routed)" in (res.out_dir / "stack_confusion.md").read_text()

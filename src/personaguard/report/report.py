@@ -58,7 +58,24 @@ def _examples(run_dir: Path, limit: int = 5) -> list[tuple[str, list[dict]]]:
 
 
 # Tables written by other stages, shown in the report when the run has them.
-SECTION_FILES = (("Dataset variations", "variations.md"), ("Stacked guardrails", "stacks/stack_table.md"))
+SECTION_FILES = (
+    ("Dataset variations", "variations.md"),
+    ("Stacked guardrails", "stacks/stack_table.md"),
+    ("Stacks on every label", "stacks/stack_confusion.md"),
+)
+
+
+def confusion_markdown(rows: dict[str, dict]) -> str:
+    """Every evaluated adapter/setting's tag rate on every label of its data: the full confusion, so a
+    guardrail that fires on another guardrail's topic shows up outside its own column."""
+    labels = sorted({lab for m in rows.values() for lab in m.get("per_label", {})}, key=lambda x: (x == "none", x))
+    if not labels:
+        return ""
+    lines = ["| adapter / data / setting | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for key, m in rows.items():
+        pl = m.get("per_label", {})
+        lines.append(f"| {key} | " + " | ".join(cell(pl[lab], "tag_rate") if lab in pl else "–" for lab in labels) + " |")
+    return "\n".join(lines)
 
 
 def _sections(run_dir: Path) -> list[tuple[str, str]]:
@@ -101,6 +118,9 @@ def markdown(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
         "|---|" + "---|" * len(COLUMNS),
     ]
     lines += [f"| {k} | " + " | ".join(cell(m, c) for c, _ in COLUMNS) + " |" for k, m in rows.items()]
+    matrix = confusion_markdown(rows)
+    if matrix:
+        lines += ["", "## Tag rate on every label", "", matrix]
     for title, body in _sections(run_dir):
         lines += ["", f"## {title}", "", body]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
@@ -147,6 +167,7 @@ def html_page(run_dir: Path, rows: dict[str, dict], plots: list[Path]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>personaguard report {e(run_dir.name)}</title>"
         f"<style>{style}</style></head><body><h1>personaguard report — {e(run_dir.name)}</h1>"
         f"<h2>Summary</h2><table id='summary'><tr><th>adapter / data / setting</th>{head}</tr>{body}</table>"
+        + (f"<h2>Tag rate on every label</h2><div id='confusion'>{_md_to_html(confusion_markdown(rows))}</div>" if rows else "")
         + "".join(f"<h2>{e(t)}</h2>{_md_to_html(b)}" for t, b in _sections(run_dir))
         + f"<h2>Plots</h2>{imgs}<h2>Examples</h2>{ex}{cfg_html}</body></html>"
     )

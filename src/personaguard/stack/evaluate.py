@@ -41,12 +41,13 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ..config import StackEvalConfig, dump_yaml
+from ..config import DEFAULT_STACK_METHOD, StackEvalConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail
 from ..inference import Decoding
 from ..metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
 from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
+from .confusion import attribution, confusion, confusion_markdown, subset_table, subsets_markdown
 
 if TYPE_CHECKING:
     from .routing import StackCalibration
@@ -122,13 +123,19 @@ def shared_items(test_data: dict[str, str], labels: set[str], per_guardrail: int
 
 
 def _validation_path(cfg: StackEvalConfig, g: str) -> Path:
-    return Path(cfg.val_data.get(g) or Path(cfg.test_data[g]).with_name("validation.jsonl"))
+    if g in cfg.val_data:
+        return Path(cfg.val_data[g])
+    if g not in cfg.test_data:
+        raise PersonaguardError(f"stack: no validation split for {g!r}; set val_data.{g} (a `generate` validation.jsonl)")
+    return Path(cfg.test_data[g]).with_name("validation.jsonl")
 
 
 def _has_validation(cfg: StackEvalConfig) -> bool:
     """Whether a check that needs no calibration should run: val_data given (a missing file is then an
     error, raised by validation_items), or every member's default validation.jsonl present."""
-    return bool(cfg.val_data) or all(_validation_path(cfg, g).is_file() for g in cfg.test_data)
+    if cfg.val_data:
+        return True
+    return set(cfg.test_data) == set(cfg.adapters) and all(_validation_path(cfg, g).is_file() for g in cfg.test_data)
 
 
 def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
@@ -143,6 +150,23 @@ def validation_items(cfg: StackEvalConfig, method: str) -> list[Snapshot]:
             )
         items += read_jsonl(path, Snapshot, allowed_labels=set(cfg.adapters) | {NONE_LABEL})
     return items
+
+
+def data_items(path: str, members: set[str], per_guardrail: int, extra_dirs: list[str] | None) -> list[Snapshot]:
+    """The items of one shared data file (`data`): any known guardrail's label, `none`, capped per label."""
+    from ..data.eval_sets import resolve_data
+    from ..guardrails import registry
+
+    rows = read_jsonl(resolve_data(path), Snapshot, allowed_labels=set(registry(extra_dirs)) | members | {NONE_LABEL})
+    if not per_guardrail:
+        return rows
+    seen: dict[str, int] = {}
+    kept = []
+    for r in rows:
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] <= per_guardrail:
+            kept.append(r)
+    return kept
 
 
 def _merged(cfg: StackEvalConfig, method: str, dirs: list[str], out: Path) -> tuple[Path, dict]:
@@ -212,13 +236,13 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     tags = {g.tag for g in members.values()}
     if len(tags) != 1:
         raise PersonaguardError(f"stacked guardrails must share one tag (a stacked reply begins with it); got {sorted(tags)}")
-    if set(cfg.test_data) != set(cfg.adapters):
-        raise PersonaguardError(
-            f"stack evaluation: test_data names {sorted(cfg.test_data)} must match adapters {sorted(cfg.adapters)}"
-        )
+    extra_dirs = [cfg.guardrails_dir] if cfg.guardrails_dir else None
+    if cfg.data:
+        items = data_items(cfg.data, set(members), cfg.per_guardrail, extra_dirs)
+    else:
+        items = shared_items(cfg.test_data, set(members) | {NONE_LABEL}, cfg.per_guardrail)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    items = shared_items(cfg.test_data, set(members) | {NONE_LABEL}, cfg.per_guardrail)
     double = double_trigger_items(cfg.seed) if cfg.double_trigger else []
     every = items + double
 
@@ -291,7 +315,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     for setting, active in tqdm(settings, desc="stack settings", unit="setting"):
         activate(model, active)
         if setting in thresholds:
-            rows = routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting)
+            rows = routed_rows(model, tok, every, ecfg, tag, thresholds[setting], setting, dict(zip(member_names, members)))
         elif setting == "dynamic_gated":
             summed = summed or predict(model, tok, every, ecfg, first, "dynamic")
             rows = gate_rows(summed, model, tok, every, ecfg, first, stack_thr, setting)
@@ -336,7 +360,17 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     }
     if calibration is not None:
         result["validation"] = {"rates": calibration.validation, "misses": [m for c in checked for m in calibration.misses(c)]}
+    matrix = confusion(preds)
+    routed_settings = [s for s in matrix if s in thresholds]
+    attributions = {s: attribution([r for r in preds if r["setting"] == s], list(members)) for s in routed_settings}
+    subsets = subset_table(preds, list(members), DEFAULT_STACK_METHOD) if DEFAULT_STACK_METHOD in cfg.methods else []
+    guard_cost = guard_cost_ratio(preds, list(members))
+    result["confusion"] = matrix
+    result["attribution"] = attributions
+    result["subsets"] = subsets
+    result["guard_cost"] = guard_cost
     write_text_atomic(out / "stack_metrics.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "stack_confusion.md", stack_confusion_markdown(matrix, attributions, subsets, guard_cost))
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     write_csv_atomic(out / "stack_table.csv", table_rows(table), CSV_COLUMNS)
     write_text_atomic(out / "stack_table.md", table_markdown(table, dt, result["merges"], calibration, checked))
@@ -372,8 +406,14 @@ def agree_rows(summed: list[dict], model, tok, snaps: list[Snapshot], cfg: Decod
     ]
 
 
-def routed_rows(model, tok, snaps: list[Snapshot], cfg: Decoding, tag: str, thresholds: dict, setting: str) -> list[dict]:
-    """Prediction rows (as evaluate.predict writes them) of the routed stack; guard_score = the top member's."""
+def routed_rows(
+    model, tok, snaps: list[Snapshot], cfg: Decoding, tag: str, thresholds: dict, setting: str, guardrail_of: dict[str, str]
+) -> list[dict]:
+    """Prediction rows (as evaluate.predict writes them) of the routed stack; guard_score = the top member's.
+
+    `guardrail_of` maps each loaded adapter name to its guardrail: `fired` names the guardrail whose member
+    wrote the tagged reply (attribution), and `member_scores` / `member_greedy` keep every member's own
+    decision, so the stack of any subset of the members can be decided again from the same passes."""
     from ..evaluate.predict import group_fields
     from ..prompt import prompt_ids
     from .routing import routed_replies
@@ -391,6 +431,9 @@ def routed_rows(model, tok, snaps: list[Snapshot], cfg: Decoding, tag: str, thre
             "tagged": starts_with_tag(o.reply, tag),
             "guard_score": max(o.scores.values()),
             "route": o.route,
+            "fired": guardrail_of.get(o.route) if o.route else None,
+            "member_scores": {guardrail_of[m]: v for m, v in o.scores.items()},
+            "member_greedy": {guardrail_of[m]: v for m, v in o.greedy.items()},
             "guard_seconds": o.guard_seconds,
             "reply_seconds": o.reply_seconds,
             **group_fields(s),
@@ -522,3 +565,49 @@ def validation_markdown(calibration: StackCalibration, checked: Sequence[str] = 
         elif not unchecked:
             lines.append(f"{setting} meets the target on the validation splits (nothing was fitted on them).")
     return lines
+
+
+def guard_cost_ratio(preds: list[dict], members: list[str]) -> dict[str, float | None]:
+    """Each stack's mean guard time per item over the mean of its members' alone: what the decision costs."""
+
+    def mean_seconds(setting: str) -> float | None:
+        xs = [r["guard_seconds"] for r in preds if r["setting"] == setting]
+        return sum(xs) / len(xs) if xs else None
+
+    singles = [x for x in (mean_seconds(f"single:{g}") for g in members) if x]
+    base = sum(singles) / len(singles) if singles else None
+    out = {}
+    for s in dict.fromkeys(r["setting"] for r in preds):
+        if s.startswith("single:") or s == "none":
+            continue
+        x = mean_seconds(s)
+        out[s] = x / base if x is not None and base else None
+    return out
+
+
+def stack_confusion_markdown(matrix: dict, attributions: dict, subsets: list[dict], guard_cost: dict) -> str:
+    lines = [
+        "# Every setting on every label",
+        "",
+        "Tag rate of each setting (no adapter, each member alone, each stack) on the items of each label: a member's",
+        "own trigger should be tagged, every other column (other guardrails' triggers, `none`) should stay near 0;",
+        "`double_trigger` items carry two guardrails at once. Attribution: among tagged items of a member's label,",
+        "the share the routed stack answered with that member.",
+        "",
+        confusion_markdown(matrix, attributions),
+        "",
+        "Guard decision cost, stack / one member alone (mean guard time per item): "
+        + ", ".join(f"{s} {fmt(v, 2)}x" for s, v in guard_cost.items())
+        + ".",
+    ]
+    if subsets:
+        lines += [
+            "",
+            f"## The default stack ({DEFAULT_STACK_METHOD}) on every subset of its members",
+            "",
+            "Decided again from the same per-member passes. Targets: each member's trigger >= 0.95 x its single tag rate,",
+            "neutral <= the worst member alone + 0.02, attribution >= 0.95, double triggers >= 0.95.",
+            "",
+            subsets_markdown(subsets),
+        ]
+    return "\n".join(lines) + "\n"

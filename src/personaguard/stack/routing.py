@@ -47,7 +47,7 @@ drops tags). The cost is one guard pass per member (a prompt pass each, no gener
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapters import use_adapters
@@ -74,6 +74,7 @@ class Routed:
     scores: dict[str, float]  # each member's guard score
     guard_seconds: float  # all guard passes, per item
     reply_seconds: float
+    greedy: dict[str, bool] = field(default_factory=dict)  # each member's own greedy decision (the tag first)
 
 
 def gate_thresholds(adapter_dirs: list[str | Path]) -> list[float]:
@@ -258,4 +259,5 @@ def routed_replies(
             )
         for i, t, s in zip(idx, texts, secs):
             replies[i], r_secs[i] = t, s
-    return [Routed(r, rt, s, g_sec, rs) for r, rt, s, rs in zip(replies, routes, per_item, r_secs)]
+    greedy = [{m: passes[m].greedy[i] for m in thresholds} for i in range(len(prompts))]
+    return [Routed(r, rt, s, g_sec, rs, gr) for r, rt, s, rs, gr in zip(replies, routes, per_item, r_secs, greedy)]

@@ -1,0 +1,42 @@
+"""bench/real_dev.py runs end to end on the tiny model (the real run trains SmolLM2; see its docstring)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[2] / "bench" / "real_dev.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("real_dev", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["real_dev"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_single_checks_apply_each_target():
+    bench = _bench()
+    row = {"politics": {"tag_rate": 0.975}, "expert_opinion": {"tag_rate": 0.1}, "meeting": {"tag_rate": 0.0}, "none": {"tag_rate": 0.02}}
+    checks = bench.single_checks(row, "politics", 0.8, 0.78)
+    assert checks == {"own": True, "neutral": True, "other:expert_opinion": False, "other:meeting": True, "f1_over_embedding": True}
+    assert bench.single_checks(row, "politics", 0.7, 0.78)["f1_over_embedding"] is False
+
+
+def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
+    bench = _bench()
+    out = tmp_path / "real_dev.json"
+    rc = bench.main(["--seeds", "0", "--guardrails", "politics", "meeting", "--run-root", str(tmp_path / "runs"), "--out", str(out),
+                     "--per-label", "4", "--no-embedding", "--set", f"model={tiny_model_dir}", "--set", "generate.n=40", "--set", "train.max_steps=1",
+                     "--set", "train.batch_size=4", "--set", "train.max_prompt_tokens=96", "--set", "evaluate.max_new_tokens=4",
+                     "--set", "evaluate.limit=12", "--set", "evaluate.batch_size=8"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    seed = res["seeds"]["0"]
+    assert set(seed["singles"]) == {"politics", "meeting"}
+    assert "adapter" in seed["singles"]["politics"] and "own" in seed["singles"]["politics"]["adapter"]["checks"]
+    assert [t["subset"] for t in seed["subsets"]] == [["politics", "meeting"]]
+    printed = capsys.readouterr().out
+    assert "| politics / adapter |" in printed and printed.rstrip().splitlines()[-1].startswith("targets met: ")
