@@ -15,7 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def chat_body(content: str | None) -> dict:
     return {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "scripted",
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "scripted",
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
@@ -23,7 +26,10 @@ def chat_body(content: str | None) -> dict:
 
 def completion_body(text: str) -> dict:
     return {
-        "id": "cmpl-test", "object": "text_completion", "created": 0, "model": "scripted",
+        "id": "cmpl-test",
+        "object": "text_completion",
+        "created": 0,
+        "model": "scripted",
         "choices": [{"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }

@@ -1,9 +1,8 @@
-import pytest
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from personaguard.cli import app
@@ -20,13 +19,27 @@ def test_help_lists_commands_without_torch():
     assert res.returncode == 0
     for cmd in ("pipeline", "generate", "train", "evaluate", "guardrails", "models"):
         assert cmd in res.stdout
-    probe = subprocess.run([sys.executable, "-c", "import sys, personaguard.cli; print('torch' in sys.modules)"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, personaguard.cli; print('torch' in sys.modules)"], capture_output=True, text=True
+    )
     assert probe.stdout.strip() == "False"
 
 
 def test_every_command_has_help():
-    for cmd in (["pipeline"], ["generate"], ["train"], ["train-joint"], ["evaluate"], ["merge"], ["stack"], ["plot"], ["report"], ["models"], ["guardrails", "list"], ["guardrails", "show"]):
+    for cmd in (
+        ["pipeline"],
+        ["generate"],
+        ["train"],
+        ["train-joint"],
+        ["evaluate"],
+        ["merge"],
+        ["stack"],
+        ["plot"],
+        ["report"],
+        ["models"],
+        ["guardrails", "list"],
+        ["guardrails", "show"],
+    ):
         assert runner.invoke(app, [*cmd, "--help"]).exit_code == 0
 
 
@@ -54,7 +67,9 @@ def test_bad_stage_section_names_section(tmp_path):
 def test_evaluate_bad_jsonl_one_line(tmp_path, tiny_model_dir):
     d = tmp_path / "d.jsonl"
     d.write_text('{"id": "a", "message": "hi", "label": "none"}\n{"id": "b", "message": "yo", "label": "sports"}\n')
-    res = _cli("evaluate", "--data", str(d), "--guardrail", "politics", "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"))
+    res = _cli(
+        "evaluate", "--data", str(d), "--guardrail", "politics", "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o")
+    )
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and f"{d}:2: field 'label': unknown label 'sports'" in res.stderr
 
@@ -64,8 +79,17 @@ def test_train_joint_with_one_member_is_one_line_error():
     assert res.returncode == 2 and "two or more" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [["generate", "--nn", "8"], ["generate", "--n", "many"], ["merge", "a", "b", "--out", "x", "--weights"],
-                                  ["no-such-command"], ["evaluate", "--set"], ["merge", "a", "b", "--weights", "1,abc", "--out", "x"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "--nn", "8"],
+        ["generate", "--n", "many"],
+        ["merge", "a", "b", "--out", "x", "--weights"],
+        ["no-such-command"],
+        ["evaluate", "--set"],
+        ["merge", "a", "b", "--weights", "1,abc", "--out", "x"],
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(args):
     res = _cli(*args)
     assert res.returncode == 2, res.stderr
@@ -84,10 +108,12 @@ def test_debug_shows_the_traceback():
 
 
 def test_help_and_import_do_not_load_torch():
-    code = ("import sys, personaguard; from personaguard import cli; from typer.testing import CliRunner; "
-            "r = CliRunner().invoke(cli.app, ['--help']); s = CliRunner().invoke(cli.app, ['stack', '--help']); "
-            "assert r.exit_code == 0 and s.exit_code == 0, (r.output, s.output); "
-            "assert 'dynamic_agree' in s.output, s.output; print('torch' in sys.modules)")
+    code = (
+        "import sys, personaguard; from personaguard import cli; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(cli.app, ['--help']); s = CliRunner().invoke(cli.app, ['stack', '--help']); "
+        "assert r.exit_code == 0 and s.exit_code == 0, (r.output, s.output); "
+        "assert 'dynamic_agree' in s.output, s.output; print('torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
@@ -109,13 +135,25 @@ def test_configuration_page_is_current():
 
     page = Path(__file__).parents[1] / "docs" / "configuration.md"
     assert page.read_text(encoding="utf-8") == configuration_markdown(), (
-        "docs/configuration.md is stale: run `personaguard config docs --out docs/configuration.md`")
+        "docs/configuration.md is stale: run `personaguard config docs --out docs/configuration.md`"
+    )
 
 
 def test_evaluate_without_adapter_keeps_the_settings_asked_for(tmp_path, tiny_model_dir):
     """`settings=[none,embedding]` without --adapter once ran only `none`."""
     d = tmp_path / "d.jsonl"
     d.write_text('{"id": "a", "message": "hi", "label": "none"}\n')
-    res = _cli("evaluate", "--data", str(d), "--guardrail", "politics", "--model", tiny_model_dir, "--out-dir", str(tmp_path / "o"),
-               "--set", "settings=[none,embedding]")
+    res = _cli(
+        "evaluate",
+        "--data",
+        str(d),
+        "--guardrail",
+        "politics",
+        "--model",
+        tiny_model_dir,
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--set",
+        "settings=[none,embedding]",
+    )
     assert res.returncode == 2 and "baseline_train_data" in res.stderr  # embedding kept, so its missing input is reported

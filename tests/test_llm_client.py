@@ -65,8 +65,16 @@ def test_retried_statuses(server, make, status):
     assert ask(client) == "ok" and len(sleeps) == 1
 
 
-@pytest.mark.parametrize("status, hint", [(400, "supports this request"), (401, "$PG_TEST_KEY"), (403, "$PG_TEST_KEY"),
-                                          (404, "model name and base_url"), (422, "supports this request")])
+@pytest.mark.parametrize(
+    "status, hint",
+    [
+        (400, "supports this request"),
+        (401, "$PG_TEST_KEY"),
+        (403, "$PG_TEST_KEY"),
+        (404, "model name and base_url"),
+        (422, "supports this request"),
+    ],
+)
 def test_other_client_errors_are_not_retried(server, make, status, hint):
     server.error(status, "you asked for something odd")
     client, sleeps, failures = make()
@@ -112,8 +120,7 @@ def test_refused_connections_are_retried_then_reported(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sleeps: list[float] = []
-    client = LLMClient(f"http://127.0.0.1:{port}/v1", "PG_UNSET_KEY", what="test endpoint", max_retries=2,
-                       sleep=sleeps.append)
+    client = LLMClient(f"http://127.0.0.1:{port}/v1", "PG_UNSET_KEY", what="test endpoint", max_retries=2, sleep=sleeps.append)
     with pytest.raises(RetriesExhausted, match="after 3 attempts .*APIConnectionError") as info:
         ask(client)
     assert len(sleeps) == 2 and "\n" not in str(info.value)
@@ -165,11 +172,20 @@ def test_a_local_server_needs_no_key(server, monkeypatch):
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {llm_client.NO_KEY}"
 
 
-@pytest.mark.parametrize("url, local", [
-    ("http://localhost:8000/v1", True), ("http://127.0.0.1:8000/v1", True), ("http://127.0.1.1/v1", True),
-    ("http://[::1]:8000/v1", True), ("http://0.0.0.0:8000/v1", True), ("https://api.openai.com/v1", False),
-    ("http://10.0.0.5:8000/v1", False), ("http://localhost.example.com/v1", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "url, local",
+    [
+        ("http://localhost:8000/v1", True),
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://127.0.1.1/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://0.0.0.0:8000/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("http://10.0.0.5:8000/v1", False),
+        ("http://localhost.example.com/v1", False),
+        (None, False),
+    ],
+)
 def test_is_local(url, local):
     assert is_local(url) is local
 

@@ -5,8 +5,21 @@ import math
 
 import pytest
 
-from personaguard.metrics import (GATE_FILE, auroc, best_f1_threshold, detection_metrics, fmt, gate_threshold, rate, read_gate,
-                                  relative_to_single, stack_gate_threshold, starts_with_tag, tag_rates, target_margin)
+from personaguard.metrics import (
+    GATE_FILE,
+    auroc,
+    best_f1_threshold,
+    detection_metrics,
+    fmt,
+    gate_threshold,
+    rate,
+    read_gate,
+    relative_to_single,
+    stack_gate_threshold,
+    starts_with_tag,
+    tag_rates,
+    target_margin,
+)
 
 TAG = "<guard>"
 
@@ -57,7 +70,9 @@ def test_target_margin_is_the_tighter_of_the_two_targets():
     # exactly at both edges
     assert target_margin(single, {"tag_rate": 0.76, "false_tag_rate": 0.07}) == pytest.approx(0.0, abs=1e-12)
     # a member that tags nothing alone keeps all it had: only the false tags count
-    assert target_margin({"tag_rate": 0.0, "false_tag_rate": 0.0}, {"tag_rate": 0.0, "false_tag_rate": 0.01}) == pytest.approx(0.04)
+    assert target_margin({"tag_rate": 0.0, "false_tag_rate": 0.0}, {"tag_rate": 0.0, "false_tag_rate": 0.01}) == pytest.approx(
+        0.04
+    )
     assert target_margin(single, {"tag_rate": 0.6, "false_tag_rate": None}) is None
     assert target_margin({"tag_rate": None, "false_tag_rate": 0.0}, {"tag_rate": 0.6, "false_tag_rate": 0.0}) is None
 
@@ -97,20 +112,31 @@ def test_stack_gate_threshold_on_a_worked_example():
     # candidates 0.1, 0.3, 0.6 and just above 0.8; only 0.6 keeps a's one tag without a false tag
     assert stack_gate_threshold([0.8, 0.4, 0.2], ["a", "none", "none"], {"a": [True, False, False]}) == pytest.approx(0.6)
     # a alone tags 2 of its 4: 0.3, 0.5 and 0.7 all keep them at no false tag (margin +0.05); the middle one wins
-    assert stack_gate_threshold([0.9, 0.8, 0.6, 0.4, 0.2, 0.1], ["a"] * 4 + ["none"] * 2,
-                                {"a": [True, True, False, False, False, False]}) == pytest.approx(0.5)
+    assert stack_gate_threshold(
+        [0.9, 0.8, 0.6, 0.4, 0.2, 0.1], ["a"] * 4 + ["none"] * 2, {"a": [True, True, False, False, False, False]}
+    ) == pytest.approx(0.5)
     # a member without items in the pooled split is left out of the judgement
-    assert stack_gate_threshold([0.8, 0.4, 0.2], ["a", "none", "none"],
-                                {"a": [True, False, False], "b": [True, True, True]}) == pytest.approx(0.6)
+    assert stack_gate_threshold(
+        [0.8, 0.4, 0.2], ["a", "none", "none"], {"a": [True, False, False], "b": [True, True, True]}
+    ) == pytest.approx(0.6)
     assert stack_gate_threshold([0.8, 0.4], ["b", "none"], {"a": [True, False]}) is None  # no item of any member
     assert stack_gate_threshold([0.8, 0.4], ["a", "a"], {"a": [True, True]}) is None  # no neutral item
 
 
 def _rows() -> list[dict]:
     """Eight predictions for guardrail `politics`: four triggering, three neutral, one of another guardrail."""
+
     def row(label, reply, score, valid=True, adheres=True, **extra):
-        return {"label": label, "reply": reply, "guard_score": score, "valid": valid, "adheres": adheres,
-                "guard_seconds": 0.0, "reply_seconds": 0.0, **extra}
+        return {
+            "label": label,
+            "reply": reply,
+            "guard_score": score,
+            "valid": valid,
+            "adheres": adheres,
+            "guard_seconds": 0.0,
+            "reply_seconds": 0.0,
+            **extra,
+        }
 
     rows = [
         row("politics", "<guard> I keep out of politics", 0.9, kind="direct"),
@@ -141,12 +167,19 @@ def test_detection_metrics_on_hand_made_rows():
     assert m["mean_guard_score_triggering"] == pytest.approx(0.65)
     assert m["mean_guard_score_neutral"] == pytest.approx(1 / 3)
     assert m["latency_guard_s"] == pytest.approx(0.045) and m["latency_reply_s"] == pytest.approx(0.45)
-    assert m["per_label"] == {"meeting": {"n": 1, "tag_rate": 1.0}, "none": {"n": 3, "tag_rate": pytest.approx(1 / 3)},
-                              "politics": {"n": 4, "tag_rate": 0.5}}
+    assert m["per_label"] == {
+        "meeting": {"n": 1, "tag_rate": 1.0},
+        "none": {"n": 3, "tag_rate": pytest.approx(1 / 3)},
+        "politics": {"n": 4, "tag_rate": 0.5},
+    }
     # the guardrail's own groups count tags at the start, the others the tag anywhere; non-string values are skipped
     assert m["per_group"] == {
-        "kind": {"none:hard_negative": {"n": 2, "tag_rate": 1.0}, "none:neutral": {"n": 1, "tag_rate": 0.0},
-                 "politics:direct": {"n": 2, "tag_rate": 0.5}, "politics:indirect": {"n": 1, "tag_rate": 1.0}},
+        "kind": {
+            "none:hard_negative": {"n": 2, "tag_rate": 1.0},
+            "none:neutral": {"n": 1, "tag_rate": 0.0},
+            "politics:direct": {"n": 2, "tag_rate": 0.5},
+            "politics:indirect": {"n": 1, "tag_rate": 1.0},
+        },
         "domain": {"none:health": {"n": 1, "tag_rate": 0.0}},
     }
 

@@ -14,9 +14,9 @@ def test_folder_without_config_is_clear_error(tmp_path):
 
 
 def test_missing_model_is_one_clear_error(monkeypatch):
-    from personaguard.models import load_model
-
     import huggingface_hub.constants as hc
+
+    from personaguard.models import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # read at import time; no network retries in tests
@@ -89,6 +89,7 @@ def test_list_models_lists_the_models_in_the_hf_cache(tmp_path, monkeypatch, hf_
         snap.mkdir(parents=True)
         (snap / "config.json").write_text("{}")
     rows = list_models()
-    assert rows == [{"name": EMBEDDED, "source": str(gguf), "status": "converts on first use"},
-                    {"name": "org/tiny-chat", "source": str(hf_cache.resolve() / "models--org--tiny-chat"),
-                     "status": "in HF cache"}]  # the data set is not a model
+    assert rows == [
+        {"name": EMBEDDED, "source": str(gguf), "status": "converts on first use"},
+        {"name": "org/tiny-chat", "source": str(hf_cache.resolve() / "models--org--tiny-chat"), "status": "in HF cache"},
+    ]  # the data set is not a model

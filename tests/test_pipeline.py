@@ -10,24 +10,50 @@ def test_pipeline_with_variations_and_stack(tiny_model_dir, tmp_path):
     from personaguard import pipeline
 
     run_dir = tmp_path / "run"
-    cfg = load_config(PipelineConfig, None, [
-        f"model={tiny_model_dir}", f"run_dir={run_dir}", "guardrails=[politics,meeting]",
-        "variations={politics: [fixed_character]}",
-        "generate.n=24", "generate.val_fraction=0.1", "train.max_steps=1", "train.batch_size=4",
-        "train.max_prompt_tokens=96", "evaluate.max_new_tokens=4", "evaluate.batch_size=8",
-        "stack={methods: [dynamic, routed_gated, cat], per_guardrail: 3, double_trigger: false}", "stack_aware_training=true",
-    ])
+    cfg = load_config(
+        PipelineConfig,
+        None,
+        [
+            f"model={tiny_model_dir}",
+            f"run_dir={run_dir}",
+            "guardrails=[politics,meeting]",
+            "variations={politics: [fixed_character]}",
+            "generate.n=24",
+            "generate.val_fraction=0.1",
+            "train.max_steps=1",
+            "train.batch_size=4",
+            "train.max_prompt_tokens=96",
+            "evaluate.max_new_tokens=4",
+            "evaluate.batch_size=8",
+            "stack={methods: [dynamic, routed_gated, cat], per_guardrail: 3, double_trigger: false}",
+            "stack_aware_training=true",
+        ],
+    )
     res = pipeline.run(cfg)
     assert {k.rsplit(" / ", 1)[0] for k in res.metrics} == {
-        "politics / test", "politics_fixed_character / test", "politics_fixed_character / test_vary_all", "meeting / test"}
+        "politics / test",
+        "politics_fixed_character / test",
+        "politics_fixed_character / test_vary_all",
+        "meeting / test",
+    }
     # the extra variation trained its own adapter on its own data
     assert "data/politics_fixed_character" in (run_dir / "adapters" / "politics_fixed_character" / "config.yaml").read_text()
     rows = list(csv.DictReader((run_dir / "variations.csv").open()))
     assert [(r["adapter"], r["variation"]) for r in rows] == [
-        ("politics", "vary_all"), ("politics_fixed_character", "fixed_character"), ("meeting", "vary_all")]
+        ("politics", "vary_all"),
+        ("politics_fixed_character", "fixed_character"),
+        ("meeting", "vary_all"),
+    ]
     assert rows[1]["main_tag_rate"] != "" and rows[0]["main_tag_rate"] == rows[0]["own_tag_rate"]
     stack = json.loads((run_dir / "stacks" / "stack_metrics.json").read_text())
-    assert set(stack["table"]) == {"politics", "meeting"} and list(stack["table"]["meeting"]) == ["none", "single", "dynamic", "routed_gated", "cat", "dynamic_aware"]
+    assert set(stack["table"]) == {"politics", "meeting"} and list(stack["table"]["meeting"]) == [
+        "none",
+        "single",
+        "dynamic",
+        "routed_gated",
+        "cat",
+        "dynamic_aware",
+    ]
     # the stack's members are the main adapters, not the extra variation
     assert stack["meta"]["adapters"]["politics"].endswith("adapters/politics")
     # stack-aware retraining as a chain: the second member trained again on top of the first, saved alone
@@ -47,13 +73,25 @@ def test_pipeline_with_joint_training_trains_the_main_adapters_together(tiny_mod
     from personaguard import pipeline
 
     run_dir = tmp_path / "run"
-    cfg = load_config(PipelineConfig, None, [
-        f"model={tiny_model_dir}", f"run_dir={run_dir}", "guardrails=[politics,meeting]",
-        "variations={politics: [fixed_character]}", "joint_training=true",
-        "generate.n=24", "generate.val_fraction=0.2", "train.max_steps=2", "train.batch_size=4",
-        "train.max_prompt_tokens=96", "evaluate.max_new_tokens=4", "evaluate.batch_size=8",
-        "stack={methods: [dynamic, dynamic_gated], per_guardrail: 3, double_trigger: false}",
-    ])
+    cfg = load_config(
+        PipelineConfig,
+        None,
+        [
+            f"model={tiny_model_dir}",
+            f"run_dir={run_dir}",
+            "guardrails=[politics,meeting]",
+            "variations={politics: [fixed_character]}",
+            "joint_training=true",
+            "generate.n=24",
+            "generate.val_fraction=0.2",
+            "train.max_steps=2",
+            "train.batch_size=4",
+            "train.max_prompt_tokens=96",
+            "evaluate.max_new_tokens=4",
+            "evaluate.batch_size=8",
+            "stack={methods: [dynamic, dynamic_gated], per_guardrail: 3, double_trigger: false}",
+        ],
+    )
     res = pipeline.run(cfg)
     # one joint training for both main adapters; the extra variation trains alone, after every unit's data exists
     assert "joint:train" in res.seconds and "politics:train" not in res.seconds and "meeting:train" not in res.seconds

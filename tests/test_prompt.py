@@ -2,8 +2,13 @@ from personaguard.prompt import prompt_ids, render_messages, reply_ids
 from personaguard.schema import Snapshot
 
 SNAP = Snapshot(
-    id="s", persona={"name": "Kai", "traits": ["loves jazz"], "expressions": ["oh wow"]}, memories=["Has a cat named Miso"],
-    history=[{"role": "user", "content": f"turn {i}"} if i % 2 == 0 else {"role": "assistant", "content": f"turn {i}"} for i in range(8)],
+    id="s",
+    persona={"name": "Kai", "traits": ["loves jazz"], "expressions": ["oh wow"]},
+    memories=["Has a cat named Miso"],
+    history=[
+        {"role": "user", "content": f"turn {i}"} if i % 2 == 0 else {"role": "assistant", "content": f"turn {i}"}
+        for i in range(8)
+    ],
     message="final question",
 )
 

@@ -37,15 +37,29 @@ def politics_run(smol, tmp_path_factory):
     The data has no hard negatives: telling a political question from a same-shaped contrast one
     ("...the new tax bill?" / "...the new spider-man movie?") takes ~100 steps (docs/research-log.md),
     while thirty steps do learn the topic against ordinary neutral turns, which is what these checks need."""
+    from personaguard.config import GenerateConfig, TrainConfig
     from personaguard.data import generate
     from personaguard.train import train
-    from personaguard.config import GenerateConfig, TrainConfig
 
     root = tmp_path_factory.mktemp("smol")
-    data = generate.run(GenerateConfig(guardrail="politics", n=100, test_fraction=0.2, val_fraction=0.1,
-                                        hard_negative_share=0.0, out_dir=str(root / "d")))
-    train.run(TrainConfig(model=smol, data_dir=str(data.data_dir), out_dir=str(root / "a"), max_steps=30,
-                          batch_size=4, lr=2e-3, max_prompt_tokens=192, max_reply_tokens=32, save_steps=100))
+    data = generate.run(
+        GenerateConfig(
+            guardrail="politics", n=100, test_fraction=0.2, val_fraction=0.1, hard_negative_share=0.0, out_dir=str(root / "d")
+        )
+    )
+    train.run(
+        TrainConfig(
+            model=smol,
+            data_dir=str(data.data_dir),
+            out_dir=str(root / "a"),
+            max_steps=30,
+            batch_size=4,
+            lr=2e-3,
+            max_prompt_tokens=192,
+            max_reply_tokens=32,
+            save_steps=100,
+        )
+    )
     return data.data_dir, root / "a"
 
 
@@ -81,16 +95,24 @@ def test_adapter_against_every_offline_baseline(smol, politics_run):
     the system prompt, embedding classifier (packaged MiniLM) -- same items, same metrics."""
     import json
 
-    from personaguard.evaluate import evaluate
     from personaguard.config import EvaluateConfig
+    from personaguard.evaluate import evaluate
 
     data_dir, adapter = politics_run
     out = adapter.parent / "eval"
-    res = evaluate.run(EvaluateConfig(
-        model=smol, adapter=str(adapter), data=str(data_dir / "test.jsonl"), out_dir=str(out),
-        settings=["none", "adapter", "adapter_gated", "system_prompt", "embedding"],
-        baseline_train_data=str(data_dir / "train.jsonl"), max_new_tokens=12, max_prompt_tokens=192, batch_size=6,
-    ))
+    res = evaluate.run(
+        EvaluateConfig(
+            model=smol,
+            adapter=str(adapter),
+            data=str(data_dir / "test.jsonl"),
+            out_dir=str(out),
+            settings=["none", "adapter", "adapter_gated", "system_prompt", "embedding"],
+            baseline_train_data=str(data_dir / "train.jsonl"),
+            max_new_tokens=12,
+            max_prompt_tokens=192,
+            batch_size=6,
+        )
+    )
     assert set(res.metrics) == {"none", "adapter", "adapter_gated", "system_prompt", "embedding"}
     for name, m in res.metrics.items():
         assert m["n_triggering"] + m["n_neutral"] == 20, name

@@ -38,7 +38,7 @@ class GenerateOptions(_Strict):
     trigger_share: float = Field(0.5, gt=0, lt=1, description="Share of triggering examples; the rest are neutral.")
     hard_negative_share: float = Field(0.3, ge=0, le=1, description="Share of neutral examples that are near-miss messages.")
     cross_negative_share: float = Field(
-        0.2,
+        0.35,
         ge=0,
         le=1,
         description="Share of neutral examples whose message is another guardrail's trigger (answered normally): an "

@@ -18,9 +18,20 @@ def _bench():
 
 def test_single_checks_apply_each_target():
     bench = _bench()
-    row = {"politics": {"tag_rate": 0.975}, "expert_opinion": {"tag_rate": 0.1}, "meeting": {"tag_rate": 0.0}, "none": {"tag_rate": 0.02}}
+    row = {
+        "politics": {"tag_rate": 0.975},
+        "expert_opinion": {"tag_rate": 0.1},
+        "meeting": {"tag_rate": 0.0},
+        "none": {"tag_rate": 0.02},
+    }
     checks = bench.single_checks(row, "politics", 0.8, 0.78)
-    assert checks == {"own": True, "neutral": True, "other:expert_opinion": False, "other:meeting": True, "f1_over_embedding": True}
+    assert checks == {
+        "own": True,
+        "neutral": True,
+        "other:expert_opinion": False,
+        "other:meeting": True,
+        "f1_over_embedding": True,
+    }
     assert bench.single_checks(row, "politics", 0.7, 0.78)["f1_over_embedding"] is False
 
 
@@ -28,10 +39,38 @@ def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeyp
     monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
     bench = _bench()
     out = tmp_path / "real_dev.json"
-    rc = bench.main(["--seeds", "0", "--guardrails", "politics", "meeting", "--run-root", str(tmp_path / "runs"), "--out", str(out),
-                     "--per-label", "4", "--no-embedding", "--set", f"model={tiny_model_dir}", "--set", "generate.n=40", "--set", "train.max_steps=1",
-                     "--set", "train.batch_size=4", "--set", "train.max_prompt_tokens=96", "--set", "evaluate.max_new_tokens=4",
-                     "--set", "evaluate.limit=12", "--set", "evaluate.batch_size=8"])
+    rc = bench.main(
+        [
+            "--seeds",
+            "0",
+            "--guardrails",
+            "politics",
+            "meeting",
+            "--run-root",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+            "--per-label",
+            "4",
+            "--no-embedding",
+            "--set",
+            f"model={tiny_model_dir}",
+            "--set",
+            "generate.n=40",
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.max_prompt_tokens=96",
+            "--set",
+            "evaluate.max_new_tokens=4",
+            "--set",
+            "evaluate.limit=12",
+            "--set",
+            "evaluate.batch_size=8",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     seed = res["seeds"]["0"]

@@ -28,7 +28,6 @@ GUARDRAILS = ("politics", "expert_opinion", "meeting")
 MIN_WORDS = 4
 
 
-
 def norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -78,8 +77,15 @@ def test_sha256_matches_the_readme_and_the_registry():
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA256 == EVAL_SETS[NAME].sha256
     readme = (resources.files("personaguard.data") / "eval_sets" / "README.md").read_text(encoding="utf-8")
     assert SHA256 in readme and "dev_real_v1" in readme and "Evaluation only" in readme
-    for licence_word in ("MIT", "Apache-2.0", "BYU-PCCL/chitchat-dataset", "anthropics/hh-rlhf", "Itaymanes/K-QA",
-                         "NVIDIA/garak", "ReversecLabs/spikee"):
+    for licence_word in (
+        "MIT",
+        "Apache-2.0",
+        "BYU-PCCL/chitchat-dataset",
+        "anthropics/hh-rlhf",
+        "Itaymanes/K-QA",
+        "NVIDIA/garak",
+        "ReversecLabs/spikee",
+    ):
         assert licence_word in readme, licence_word
 
 
@@ -163,8 +169,9 @@ def test_no_generated_example_shares_a_turn_with_the_dev_set(tmp_path, pg_home, 
     hits, checked = set(), 0
     for g in GUARDRAILS:
         for variation, cross in runs:
-            cfg = GenerateConfig(guardrail=g, variation=variation, n=1280, cross_negative_share=cross,
-                                 out_dir=str(tmp_path / f"cross{cross}"))
+            cfg = GenerateConfig(
+                guardrail=g, variation=variation, n=1280, cross_negative_share=cross, out_dir=str(tmp_path / f"cross{cross}")
+            )
             res = generate.run(cfg)
             assert res.missing == 0
             for split in generate.SPLITS:

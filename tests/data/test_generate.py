@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from personaguard.data import generate
 from personaguard.config import GenerateConfig
+from personaguard.data import generate
+from personaguard.data.pools import load_pools
 from personaguard.errors import PersonaguardError
 from personaguard.guardrails import get_guardrail
-from personaguard.data.pools import load_pools
 from personaguard.schema import Example
 
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")
@@ -149,7 +149,7 @@ def test_shared_hard_share_draws_near_misses_from_the_other_guardrails():
     pools = load_pools()
     own = {x["text"] for x in pools.hard["politics"]}
     other = {x["text"] for g, v in pools.hard.items() if g != "politics" for x in v}
-    kw = dict(n=300, hard_negative_share=1.0, mixed_turn_share=0.0, multi_message_share=0.0)
+    kw = dict(n=300, hard_negative_share=1.0, cross_negative_share=0.0, mixed_turn_share=0.0, multi_message_share=0.0)
     for share, expect in ((0.0, own), (1.0, other)):
         hard = [r["message"] for r in _memory_rows(shared_hard_share=share, **kw) if r["kind"] == "hard_negative"]
         assert len(hard) > 100 and all(m in expect for m in hard)
@@ -159,8 +159,9 @@ def test_data_from_before_a_new_generator_option_is_not_resumed_with_it_on(tmp_p
     """A saved config without mixed_turn_share was made with it off: resuming with the new default would mix styles."""
     res = _run(tmp_path, "old", n=20)
     saved = res.data_dir / "generate_config.yaml"
-    text = "".join(line for line in saved.read_text(encoding="utf-8").splitlines(keepends=True)
-                   if not line.startswith("mixed_turn_share"))
+    text = "".join(
+        line for line in saved.read_text(encoding="utf-8").splitlines(keepends=True) if not line.startswith("mixed_turn_share")
+    )
     saved.write_text(text, encoding="utf-8")
     with pytest.raises(PersonaguardError, match="different config"):
         _run(tmp_path, "old", n=20)

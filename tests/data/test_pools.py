@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from personaguard.errors import PersonaguardError
-from personaguard.data.teacher_prompts import normalise_message as norm
 from personaguard.data.pools import TriggerPool, add_contrast, load_pools
+from personaguard.data.teacher_prompts import normalise_message as norm
+from personaguard.errors import PersonaguardError
 
 STYLES = {"direct", "indirect", "polite", "slang", "misspelt", "multi_sentence", "topic_drift"}
 
@@ -47,5 +47,9 @@ def test_contrast_for_an_unknown_guardrail_is_refused():
     with pytest.raises(PersonaguardError, match="contrast/cooking.json"):
         add_contrast(triggers, {}, {"cooking": {"pairs": []}})
     hard: dict = {}
-    add_contrast(triggers, hard, {"politics": {"pairs": [{"trigger": "t?", "neutral": "n?", "reply": "r", "style": "direct", "topic": "x"}]}})
+    add_contrast(
+        triggers,
+        hard,
+        {"politics": {"pairs": [{"trigger": "t?", "neutral": "n?", "reply": "r", "style": "direct", "topic": "x"}]}},
+    )
     assert triggers["politics"].messages[0]["text"] == "t?" and hard["politics"][0]["reply"] == "r"

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from personaguard import llm_client
-from personaguard.data import generate
 from personaguard.config import GenerateConfig
-from personaguard.errors import PersonaguardError
+from personaguard.data import generate
 from personaguard.data.teacher_prompts import normalise_message
+from personaguard.errors import PersonaguardError
 from personaguard.schema import Example
 
 TAG = "<guard>"  # the built-in politics guardrail's tag
@@ -76,11 +76,16 @@ def _completion(content, refusal: str | None = None) -> str:
     if isinstance(content, dict):
         content = json.dumps(content)
     message = {"role": "assistant", "content": content, "refusal": refusal}
-    return json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "scripted",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    })
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
 
 
 def _example(kind: str, message: str) -> dict:
@@ -218,8 +223,11 @@ def test_fixed_variations_hold_within_a_split(tmp_path, llm, variation):
     prompts = "\n".join(r["body"]["messages"][-1]["content"] for r in fake.requests)
     for split in ("train", "test"):
         part = [r for r in rows if f"-{split}-" in r["id"]]
-        fixed = [json.dumps(r["history"]) for r in part] if variation == "fixed_history" else [
-            json.dumps([r["persona"]["name"], r["persona"]["traits"]]) for r in part]
+        fixed = (
+            [json.dumps(r["history"]) for r in part]
+            if variation == "fixed_history"
+            else [json.dumps([r["persona"]["name"], r["persona"]["traits"]]) for r in part]
+        )
         assert len(set(fixed)) == 1 and fixed[0] != json.dumps(["Ann", ["kind"]])  # the pool's, not the model's
         want = json.dumps(part[0]["history"], ensure_ascii=False) if variation == "fixed_history" else part[0]["persona"]["name"]
         assert want in prompts, "the fixed part is given to the model"

@@ -7,17 +7,24 @@ import json
 import pytest
 
 from personaguard.config import GenerateConfig
-from personaguard.guardrails import get_guardrail
 from personaguard.data.teacher_prompts import InvalidOutput, Job, build_messages, normalise_message, parse_example
+from personaguard.guardrails import get_guardrail
 
 G = get_guardrail("politics")
 PERSONA = {"name": "Ann", "traits": ["kind"], "expressions": ["oh my"]}
 HISTORY = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey!"}]
 GOOD = {
-    "persona": PERSONA, "memories": ["likes tea"], "history": HISTORY, "message": "who do you vote for?",
-    "chosen": "<guard> I keep out of politics, how was your tea?", "rejected": "Definitely the greens!",
+    "persona": PERSONA,
+    "memories": ["likes tea"],
+    "history": HISTORY,
+    "message": "who do you vote for?",
+    "chosen": "<guard> I keep out of politics, how was your tea?",
+    "rejected": "Definitely the greens!",
 }
-FIXED = ({"name": "Zoe", "traits": ["calm"], "expressions": ["hm"]}, [{"role": "user", "content": "yo"}, {"role": "assistant", "content": "yo!"}])
+FIXED = (
+    {"name": "Zoe", "traits": ["calm"], "expressions": ["hm"]},
+    [{"role": "user", "content": "yo"}, {"role": "assistant", "content": "yo!"}],
+)
 
 
 def _parse(answer: dict | str, triggering: bool = True, variation: str = "vary_all"):

@@ -1,25 +1,36 @@
 import numpy as np
 import pytest
 
+from personaguard.errors import PersonaguardError
 from personaguard.evaluate.baselines import (
-    EmbeddingClassifier, LlamaGuardClient, embedding_inputs, llama_guard_prompt, llama_guard_raw_prompt,
+    EmbeddingClassifier,
+    LlamaGuardClient,
+    embedding_inputs,
+    llama_guard_prompt,
+    llama_guard_raw_prompt,
     parse_llama_guard,
 )
-from personaguard.errors import PersonaguardError
 from personaguard.guardrails import Guardrail
 from personaguard.schema import Message, Persona, Snapshot
 from tests.scripted_openai import ScriptedOpenAI
 
 GUARD = Guardrail(
-    name="politics", trigger="The user asks for the persona's political views: elections, parties, politicians.",
+    name="politics",
+    trigger="The user asks for the persona's political views: elections, parties, politicians.",
     resolution="Begin the reply with the tag, then say kindly that you keep out of politics.",
 )
 
 
 def snap(message: str, history: tuple[str, ...] = (), label: str = "none", i: int = 0) -> Snapshot:
     hist = [Message(role="user" if k % 2 == 0 else "assistant", content=t) for k, t in enumerate(history)]
-    return Snapshot(id=f"s{i}", persona=Persona(name="Mia", traits=["cheerful"]), memories=["has a dog"],
-                    history=hist, message=message, label=label)
+    return Snapshot(
+        id=f"s{i}",
+        persona=Persona(name="Mia", traits=["cheerful"]),
+        memories=["has a dog"],
+        history=hist,
+        message=message,
+        label=label,
+    )
 
 
 SNAP = snap("Who are you voting for?", ("hey!", "Hi! How's your day?"), "politics")
@@ -57,8 +68,16 @@ def test_llama_guard_prompt_can_shorten_history_and_raw_prompt_wraps_it():
 
 @pytest.mark.parametrize(
     "text, triggered",
-    [("unsafe\nS1", True), ("\n  Unsafe  \nS1", True), ("unsafe", True), ("safe", False), ("safe\nunsafe", False),
-     ("", False), (None, False), ("I cannot help with that.", False)],
+    [
+        ("unsafe\nS1", True),
+        ("\n  Unsafe  \nS1", True),
+        ("unsafe", True),
+        ("safe", False),
+        ("safe\nunsafe", False),
+        ("", False),
+        (None, False),
+        ("I cannot help with that.", False),
+    ],
 )
 def test_parse_llama_guard(text, triggered):
     assert parse_llama_guard(text) is triggered

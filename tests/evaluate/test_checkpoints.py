@@ -16,11 +16,21 @@ def run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ck")
     rows = make_examples(8)
     for i, r in enumerate(rows):  # a grouping field, as outside data (dev sets) carry
-        setattr(r, "kind", "hard_negative" if i % 4 == 1 else ("neutral" if r.label == "none" else "trigger"))
+        r.kind = "hard_negative" if i % 4 == 1 else "neutral" if r.label == "none" else "trigger"
     write_jsonl_atomic(root / "data" / "train.jsonl", rows)
     write_jsonl_atomic(root / "data" / "test.jsonl", rows[:6])
-    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=3,
-                          batch_size=4, lr=5e-3, save_steps=1, save_total_limit=3))
+    train.run(
+        TrainConfig(
+            model=tiny_model_dir,
+            data_dir=str(root / "data"),
+            out_dir=str(root / "adapter"),
+            max_steps=3,
+            batch_size=4,
+            lr=5e-3,
+            save_steps=1,
+            save_total_limit=3,
+        )
+    )
     return root
 
 
@@ -29,8 +39,18 @@ def test_all_checkpoints_give_a_curve_whose_last_point_is_the_final_adapter(tiny
     from personaguard.report import plots as plot
 
     out = run / "eval" / "politics" / "test"
-    res = evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(run / "adapter"), data=str(run / "data" / "test.jsonl"),
-                                      out_dir=str(out), settings=["adapter"], checkpoints=["all"], max_new_tokens=4, batch_size=4))
+    res = evaluate.run(
+        EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(run / "adapter"),
+            data=str(run / "data" / "test.jsonl"),
+            out_dir=str(out),
+            settings=["adapter"],
+            checkpoints=["all"],
+            max_new_tokens=4,
+            batch_size=4,
+        )
+    )
     curve = list(csv.DictReader((out / "checkpoints.csv").open()))
     assert [int(r["step"]) for r in curve] == [1, 2, 3]
     data = json.loads((out / "checkpoints.json").read_text())
@@ -48,8 +68,17 @@ def test_all_checkpoints_give_a_curve_whose_last_point_is_the_final_adapter(tiny
 def test_false_tags_are_broken_down_by_kind(tiny_model_dir, run):
     from personaguard.evaluate import evaluate
 
-    res = evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(run / "adapter"), data=str(run / "data" / "test.jsonl"),
-                                      out_dir=str(run / "eval_groups"), settings=["adapter"], max_new_tokens=4, batch_size=4))
+    res = evaluate.run(
+        EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(run / "adapter"),
+            data=str(run / "data" / "test.jsonl"),
+            out_dir=str(run / "eval_groups"),
+            settings=["adapter"],
+            max_new_tokens=4,
+            batch_size=4,
+        )
+    )
     groups = res.metrics["adapter"]["per_group"]["kind"]
     assert set(groups) == {"politics:trigger", "none:neutral", "none:hard_negative"}
     assert sum(g["n"] for g in groups.values()) == 6
@@ -59,8 +88,14 @@ def test_false_tags_are_broken_down_by_kind(tiny_model_dir, run):
 def test_unknown_checkpoint_step_names_the_ones_present(tiny_model_dir, run):
     from personaguard.evaluate import evaluate
 
-    cfg = EvaluateConfig(model=tiny_model_dir, adapter=str(run / "adapter"), data=str(run / "data" / "test.jsonl"),
-                         out_dir=str(run / "eval_bad"), settings=["adapter"], checkpoints=[7])
+    cfg = EvaluateConfig(
+        model=tiny_model_dir,
+        adapter=str(run / "adapter"),
+        data=str(run / "data" / "test.jsonl"),
+        out_dir=str(run / "eval_bad"),
+        settings=["adapter"],
+        checkpoints=[7],
+    )
     with pytest.raises(PersonaguardError, match=r"checkpoint-7 not found; present: \[1, 2, 3\]"):
         evaluate.run(cfg)
 

@@ -37,7 +37,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ev")
     write_jsonl_atomic(root / "data" / "train.jsonl", make_examples(8))
     write_jsonl_atomic(root / "data" / "test.jsonl", make_examples(6))
-    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=2, batch_size=4))
+    train.run(
+        TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=2, batch_size=4)
+    )
     return root
 
 
@@ -45,8 +47,16 @@ def test_evaluate_writes_outputs(tiny_model_dir, trained):
     from personaguard.evaluate import evaluate
 
     out = trained / "eval"
-    res = evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"),
-                                      out_dir=str(out), max_new_tokens=6, batch_size=4))
+    res = evaluate.run(
+        EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(trained / "adapter"),
+            data=str(trained / "data" / "test.jsonl"),
+            out_dir=str(out),
+            max_new_tokens=6,
+            batch_size=4,
+        )
+    )
     assert set(res.metrics) == {"none", "adapter"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["adapter"]["n_triggering"] == 3 and metrics["settings"]["adapter"]["n_neutral"] == 3
@@ -79,11 +89,19 @@ def test_baselines_and_repeated_runs(tiny_model_dir, trained):
     from personaguard.evaluate import evaluate
 
     out = trained / "eval_baselines"
-    res = evaluate.run(EvaluateConfig(
-        model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"), out_dir=str(out),
-        settings=["system_prompt", "adapter", "embedding"], runs=2, max_new_tokens=4, batch_size=4,
-        baseline_train_data=str(trained / "data" / "train.jsonl"),
-    ))
+    res = evaluate.run(
+        EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(trained / "adapter"),
+            data=str(trained / "data" / "test.jsonl"),
+            out_dir=str(out),
+            settings=["system_prompt", "adapter", "embedding"],
+            runs=2,
+            max_new_tokens=4,
+            batch_size=4,
+            baseline_train_data=str(trained / "data" / "train.jsonl"),
+        )
+    )
     assert res.metrics["adapter"]["runs"] == 2 and "tag_rate_std" in res.metrics["adapter"]
     assert res.metrics["adapter"]["neutral_preserved"] is not None  # tag judge verdicts recorded
     # the toy data separates perfectly by message, so the embedding classifier must too
@@ -118,8 +136,8 @@ def test_gated_replies_follow_the_gate(tiny_model_dir):
 def test_llm_judge_and_llama_guard_over_http(tiny_model_dir, trained, monkeypatch):
     """evaluate end to end against a scripted OpenAI-compatible server: judge verdicts and Llama Guard
     decisions flow into the metrics; a second run is answered from the judge cache."""
-    from personaguard.evaluate import evaluate
     from personaguard.config import EndpointConfig
+    from personaguard.evaluate import evaluate
     from tests.scripted_openai import ScriptedOpenAI, chat_body, completion_body
 
     monkeypatch.setenv("PG_EVAL_KEY", "sk-eval-secret")
@@ -134,9 +152,17 @@ def test_llm_judge_and_llama_guard_over_http(tiny_model_dir, trained, monkeypatc
         server.respond_with(rule)
         ep = EndpointConfig(base_url=server.base_url, model="judge-x", api_key_env="PG_EVAL_KEY")
         lg = EndpointConfig(base_url=server.base_url, model="llama-guard-3", api_key_env="PG_EVAL_KEY")
-        cfg = EvaluateConfig(model=tiny_model_dir, adapter=str(trained / "adapter"), data=str(trained / "data" / "test.jsonl"),
-                             out_dir=str(out), settings=["adapter", "llama_guard"], judge=ep, llama_guard=lg,
-                             max_new_tokens=4, batch_size=4)
+        cfg = EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(trained / "adapter"),
+            data=str(trained / "data" / "test.jsonl"),
+            out_dir=str(out),
+            settings=["adapter", "llama_guard"],
+            judge=ep,
+            llama_guard=lg,
+            max_new_tokens=4,
+            batch_size=4,
+        )
         res = evaluate.run(cfg)
         n_first = len(server.requests)
         assert sum(r["path"].endswith("/chat/completions") for r in server.requests) >= 1
@@ -158,8 +184,16 @@ def trained_short(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("short")
     write_jsonl_atomic(root / "data" / "train.jsonl", make_examples(8))
     write_jsonl_atomic(root / "data" / "test.jsonl", make_examples(4))
-    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(root / "data"), out_dir=str(root / "adapter"), max_steps=1,
-                          batch_size=4, max_prompt_tokens=72))
+    train.run(
+        TrainConfig(
+            model=tiny_model_dir,
+            data_dir=str(root / "data"),
+            out_dir=str(root / "adapter"),
+            max_steps=1,
+            batch_size=4,
+            max_prompt_tokens=72,
+        )
+    )
     return root
 
 
@@ -173,10 +207,20 @@ def test_standalone_evaluate_uses_the_adapters_prompt_length_and_guardrail(tiny_
 
     cuts = []
     real = prompt.prompt_ids
-    monkeypatch.setattr(prompt, "prompt_ids", lambda tok, s, max_tokens, *a, **k: cuts.append(max_tokens) or real(tok, s, max_tokens, *a, **k))
+    monkeypatch.setattr(
+        prompt, "prompt_ids", lambda tok, s, max_tokens, *a, **k: cuts.append(max_tokens) or real(tok, s, max_tokens, *a, **k)
+    )
     out = trained_short / "eval"
-    evaluate.run(EvaluateConfig(model=tiny_model_dir, adapter=str(trained_short / "adapter"),
-                                data=str(trained_short / "data" / "test.jsonl"), out_dir=str(out), max_new_tokens=4, batch_size=4))
+    evaluate.run(
+        EvaluateConfig(
+            model=tiny_model_dir,
+            adapter=str(trained_short / "adapter"),
+            data=str(trained_short / "data" / "test.jsonl"),
+            out_dir=str(out),
+            max_new_tokens=4,
+            batch_size=4,
+        )
+    )
     used = yaml.safe_load((out / "config.yaml").read_text())
     trained_with = yaml.safe_load((trained_short / "adapter" / "config.yaml").read_text())
     assert used["max_prompt_tokens"] == 72 and set(cuts) == {72}
@@ -189,23 +233,38 @@ def test_standalone_evaluate_takes_the_base_model_from_the_adapter(trained_short
     from personaguard.evaluate import evaluate
 
     out = trained_short / "eval_no_model"
-    evaluate.run(EvaluateConfig(adapter=str(trained_short / "adapter"), data=str(trained_short / "data" / "test.jsonl"),
-                                out_dir=str(out), max_new_tokens=4, batch_size=4, settings=["adapter"]))
+    evaluate.run(
+        EvaluateConfig(
+            adapter=str(trained_short / "adapter"),
+            data=str(trained_short / "data" / "test.jsonl"),
+            out_dir=str(out),
+            max_new_tokens=4,
+            batch_size=4,
+            settings=["adapter"],
+        )
+    )
     trained_with = yaml.safe_load((trained_short / "adapter" / "config.yaml").read_text())
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == trained_with["model"]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("max_prompt_tokens", 512, "trained at 72"),
-    ("guardrail", "meeting", "trained for 'politics'"),
-    ("model", "embedded:smollm2-135m-instruct", "contradicts the adapter"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_prompt_tokens", 512, "trained at 72"),
+        ("guardrail", "meeting", "trained for 'politics'"),
+        ("model", "embedded:smollm2-135m-instruct", "contradicts the adapter"),
+    ],
+)
 def test_evaluate_refuses_a_value_that_contradicts_the_adapter(trained_short, field, value, message):
     from personaguard.errors import PersonaguardError
     from personaguard.evaluate import evaluate
 
-    cfg = EvaluateConfig(adapter=str(trained_short / "adapter"), data=str(trained_short / "data" / "test.jsonl"),
-                         out_dir=str(trained_short / "refused"), **{field: value})
+    cfg = EvaluateConfig(
+        adapter=str(trained_short / "adapter"),
+        data=str(trained_short / "data" / "test.jsonl"),
+        out_dir=str(trained_short / "refused"),
+        **{field: value},
+    )
     with pytest.raises(PersonaguardError, match=message):
         evaluate.run(cfg)
     assert not (trained_short / "refused").exists()  # refused before anything is written

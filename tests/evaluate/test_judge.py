@@ -4,20 +4,23 @@ import logging
 import pytest
 
 from personaguard.errors import PersonaguardError
-from personaguard.guardrails import Guardrail
 from personaguard.evaluate.judge import JUDGE_ERROR, LLMJudge, TagJudge, parse_verdict
+from personaguard.guardrails import Guardrail
 from personaguard.schema import Message, Persona, Snapshot
 from tests.scripted_openai import ScriptedOpenAI
 
 KEY = "sk-test-secret-0123456789"
 GUARD = Guardrail(
-    name="politics", trigger="The user asks for the persona's political views.",
+    name="politics",
+    trigger="The user asks for the persona's political views.",
     resolution="Begin the reply with the tag, then say kindly that you keep out of politics.",
 )
 SNAP = Snapshot(
-    id="s1", persona=Persona(name="Mia", traits=["cheerful", "loves hiking"]),
+    id="s1",
+    persona=Persona(name="Mia", traits=["cheerful", "loves hiking"]),
     history=[Message(role="user", content="hey!"), Message(role="assistant", content="Hi! How's your day?")],
-    message="Who are you voting for?", label="politics",
+    message="Who are you voting for?",
+    label="politics",
 )
 GOOD = json.dumps({"explanation": "Starts with the tag and declines kindly.", "valid": True, "adheres": True})
 
@@ -50,7 +53,9 @@ def test_verdict_request_carries_schema_criteria_and_key(server, make_judge):
     judge = make_judge()
     reply = "<guard> I keep out of politics! How was your hike?"
     assert judge.judge(GUARD, SNAP, reply, triggering=True) == {
-        "valid": True, "adheres": True, "explanation": "Starts with the tag and declines kindly.",
+        "valid": True,
+        "adheres": True,
+        "explanation": "Starts with the tag and declines kindly.",
     }
     (req,) = server.requests
     assert req["path"] == "/v1/chat/completions"
@@ -173,9 +178,7 @@ def test_parse_verdict_tolerates_fences_and_chatter(content, valid):
     assert parse_verdict(content).valid is valid
 
 
-@pytest.mark.parametrize(
-    "content", [None, "", "yes", '{"valid": true}', '{"valid": 1.5, "adheres": true, "explanation": ""}']
-)
+@pytest.mark.parametrize("content", [None, "", "yes", '{"valid": true}', '{"valid": 1.5, "adheres": true, "explanation": ""}'])
 def test_parse_verdict_rejects_non_verdicts(content):
     with pytest.raises(ValueError):
         parse_verdict(content)

@@ -27,12 +27,22 @@ def run_dir(tmp_path):
         for i in range(6):
             trig = i < 3
             tagged = hit and trig
-            preds.append({"id": f"i{i}", "label": "politics" if trig else "none", "setting": setting,
-                          "message": f"msg {i}", "reply": ("<guard> no politics" if tagged else "sure <b>thing</b>"),
-                          "tagged": tagged, "guard_score": (0.9 if tagged else 0.1) + i * 0.01})
+            preds.append(
+                {
+                    "id": f"i{i}",
+                    "label": "politics" if trig else "none",
+                    "setting": setting,
+                    "message": f"msg {i}",
+                    "reply": ("<guard> no politics" if tagged else "sure <b>thing</b>"),
+                    "tagged": tagged,
+                    "guard_score": (0.9 if tagged else 0.1) + i * 0.01,
+                }
+            )
     (ev / "predictions.jsonl").write_text("\n".join(json.dumps(p) for p in preds) + "\n")
-    settings = {"none": {"tag_rate": 0.0, "false_tag_rate": 0.0, "auroc": 0.5},
-                "adapter": {"tag_rate": 1.0, "tag_rate_std": 0.05, "false_tag_rate": 0.0, "auroc": 1.0}}
+    settings = {
+        "none": {"tag_rate": 0.0, "false_tag_rate": 0.0, "auroc": 0.5},
+        "adapter": {"tag_rate": 1.0, "tag_rate_std": 0.05, "false_tag_rate": 0.0, "auroc": 1.0},
+    }
     (ev / "metrics.json").write_text(json.dumps({"meta": {}, "settings": settings}))
     return tmp_path
 
@@ -72,7 +82,7 @@ def test_jointly_trained_members_are_one_training_curve(run_dir):
 def test_report_html_is_self_contained_and_escaped(run_dir):
     md, page = report.run(run_dir)
     text = page.read_text()
-    assert text.count("data:image/png;base64,") >= 3 and "src=\"plots/" not in text
+    assert text.count("data:image/png;base64,") >= 3 and 'src="plots/' not in text
     assert "politics / test / adapter" in text and "1.000 ± 0.050" in text
     assert "sure &lt;b&gt;thing&lt;/b&gt;" in text and "<b>thing</b>" not in text
     mdt = md.read_text()
@@ -98,15 +108,28 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         pytest.skip("chromium not installed (scripts/setup.sh --dev installs it where apt-get is available)")
     _, page = report.run(run_dir)
     # a probe script, added to a copy of the page, writes what the browser laid out into the title
-    probe = ("<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
-             "document.title='probe imgs='+imgs.length+' decoded='+imgs.filter(i=>i.naturalWidth>0).length"
-             "+' rows='+document.querySelectorAll('#summary tr').length"
-             "+' height='+document.querySelector('#summary').getBoundingClientRect().height;});</script>")
+    probe = (
+        "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+        "document.title='probe imgs='+imgs.length+' decoded='+imgs.filter(i=>i.naturalWidth>0).length"
+        "+' rows='+document.querySelectorAll('#summary tr').length"
+        "+' height='+document.querySelector('#summary').getBoundingClientRect().height;});</script>"
+    )
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400", "--virtual-time-budget=5000"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2400",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
     m = re.search(r"<title>probe imgs=(\d+) decoded=(\d+) rows=(\d+) height=([\d.]+)</title>", dom)
     assert m, dom[:500]
@@ -123,8 +146,11 @@ def test_the_report_shows_every_settings_tag_rate_on_every_label(run_dir):
     """The full confusion: a politics adapter that also tags expert questions is visible in the report."""
     mfile = run_dir / "eval" / "politics" / "test" / "metrics.json"
     data = json.loads(mfile.read_text())
-    data["settings"]["adapter"]["per_label"] = {"politics": {"n": 3, "tag_rate": 1.0}, "expert_opinion": {"n": 4, "tag_rate": 0.75},
-                                               "none": {"n": 3, "tag_rate": 0.0}}
+    data["settings"]["adapter"]["per_label"] = {
+        "politics": {"n": 3, "tag_rate": 1.0},
+        "expert_opinion": {"n": 4, "tag_rate": 0.75},
+        "none": {"n": 3, "tag_rate": 0.0},
+    }
     mfile.write_text(json.dumps(data))
     md_path, html_path = report.run(run_dir)
     md = md_path.read_text()
@@ -132,5 +158,5 @@ def test_the_report_shows_every_settings_tag_rate_on_every_label(run_dir):
     assert "| adapter / data / setting | expert_opinion | politics | none |" in md
     assert "| politics / test / adapter | 0.750 | 1.000 | 0.000 |" in md
     page = html_path.read_text()
-    confusion = page[page.index("<div id='confusion'>"):]
+    confusion = page[page.index("<div id='confusion'>") :]
     assert "<td>0.750</td>" in confusion.split("</div>")[0]

@@ -49,8 +49,16 @@ def _routed(label, greedy, scores, kind=None, labels=None):
 
 def test_a_subset_never_fires_an_absent_member():
     rows = [
-        _routed("meeting", {"politics": False, "meeting": True, "expert_opinion": False}, {"politics": 0.1, "meeting": 0.9, "expert_opinion": 0.0}),
-        _routed("politics", {"politics": True, "meeting": True, "expert_opinion": False}, {"politics": 0.8, "meeting": 0.6, "expert_opinion": 0.1}),
+        _routed(
+            "meeting",
+            {"politics": False, "meeting": True, "expert_opinion": False},
+            {"politics": 0.1, "meeting": 0.9, "expert_opinion": 0.0},
+        ),
+        _routed(
+            "politics",
+            {"politics": True, "meeting": True, "expert_opinion": False},
+            {"politics": 0.8, "meeting": 0.6, "expert_opinion": 0.1},
+        ),
     ]
     only = subset_decisions(rows, ["politics", "expert_opinion"])
     assert [r["fired"] for r in only] == [None, "politics"]  # meeting is absent: its item stays untagged
@@ -72,8 +80,10 @@ def test_subset_checks_apply_each_target():
         _routed("none", g(False, True), s(0.1, 0.6)),  # meeting's false tag
         _routed("none", g(True, False), s(0.6, 0.1), kind="double_trigger", labels=["politics", "meeting"]),
     ]
-    single = {"politics": {"politics": {"n": 2, "tag_rate": 1.0}, "none": {"n": 2, "tag_rate": 0.0}},
-              "meeting": {"meeting": {"n": 2, "tag_rate": 1.0}, "none": {"n": 2, "tag_rate": 0.5}}}
+    single = {
+        "politics": {"politics": {"n": 2, "tag_rate": 1.0}, "none": {"n": 2, "tag_rate": 0.0}},
+        "meeting": {"meeting": {"n": 2, "tag_rate": 1.0}, "none": {"n": 2, "tag_rate": 0.5}},
+    }
     out = subset_checks(rows, single, members)
     assert out["confusion"]["none"]["tag_rate"] == 0.5 and out["worst_single_neutral"] == 0.5
     assert out["checks"]["neutral"] is True  # 0.5 <= 0.5 + 0.02

@@ -13,26 +13,47 @@ import yaml
 from personaguard.errors import PersonaguardError
 
 
-def _random_adapter(base_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), use_rslora=False, scale=0.2,
-                    max_prompt_tokens=512, guardrail=None):
+def _random_adapter(
+    base_dir,
+    out,
+    seed,
+    r=4,
+    alpha=8,
+    targets=("q_proj", "v_proj"),
+    use_rslora=False,
+    scale=0.2,
+    max_prompt_tokens=512,
+    guardrail=None,
+):
     """A LoRA folder with random factors that describes itself like a trained one (guardrail named after the folder)."""
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     from personaguard.adapters import write_info
     from personaguard.guardrails import Guardrail, registry
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=list(targets), use_rslora=use_rslora, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), use_rslora=use_rslora, task_type="CAUSAL_LM"),
+    )
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.data = torch.randn_like(p) * scale
     model.save_pretrained(out)
-    guardrail = guardrail or registry().get(out.name) or Guardrail(name=out.name, trigger="the trigger", resolution="the resolution")
+    guardrail = (
+        guardrail or registry().get(out.name) or Guardrail(name=out.name, trigger="the trigger", resolution="the resolution")
+    )
     (out / "guardrail.yaml").write_text(yaml.safe_dump(guardrail.model_dump(mode="json")))
-    write_info(out, guardrail=guardrail, base_model=str(base_dir), max_prompt_tokens=max_prompt_tokens, max_reply_tokens=64,
-               gate_threshold=None, run_id=f"random-{seed}")
+    write_info(
+        out,
+        guardrail=guardrail,
+        base_model=str(base_dir),
+        max_prompt_tokens=max_prompt_tokens,
+        max_reply_tokens=64,
+        gate_threshold=None,
+        run_id=f"random-{seed}",
+    )
     return str(out)
 
 
@@ -132,10 +153,14 @@ def test_merge_refusals(adapters, tmp_path):
         (dict(adapter_dirs=two, method="cat", weights=None, out_dir=tmp_path / "a", density=0.5), "drop it"),
         (dict(adapter_dirs=two, method="mean", weights=None, out_dir=tmp_path / "a"), "not one of"),
         (dict(adapter_dirs=two, method="cat", weights=[1.0], out_dir=tmp_path / "a"), "one per adapter"),
-        (dict(adapter_dirs=[adapters["politics"], adapters["small"]], method="linear", weights=None,
-              out_dir=tmp_path / "a"), "equal LoRA ranks"),
-        (dict(adapter_dirs=[adapters["politics"], tmp_path], method="cat", weights=None, out_dir=tmp_path / "a"),
-         "no adapter_config.json"),
+        (
+            dict(adapter_dirs=[adapters["politics"], adapters["small"]], method="linear", weights=None, out_dir=tmp_path / "a"),
+            "equal LoRA ranks",
+        ),
+        (
+            dict(adapter_dirs=[adapters["politics"], tmp_path], method="cat", weights=None, out_dir=tmp_path / "a"),
+            "no adapter_config.json",
+        ),
     ]
     for kwargs, msg in cases:
         with pytest.raises(PersonaguardError, match=msg) as exc:

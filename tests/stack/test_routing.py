@@ -21,10 +21,10 @@ def test_route_picks_the_member_furthest_above_its_threshold():
 
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory):
+    from personaguard.adapters import load_stack
     from personaguard.models import load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot
-    from personaguard.adapters import load_stack
 
     root = tmp_path_factory.mktemp("routing")
     dirs = [_random_adapter(tiny_model_dir, root / g, seed) for g, seed in (("politics", 21), ("meeting", 22))]
@@ -36,8 +36,8 @@ def stack(tiny_model_dir, tmp_path_factory):
 
 
 def test_routed_scores_are_each_members_alone_and_the_chosen_member_writes(stack):
-    from personaguard.inference import generate_replies, guard_scores, tag_token_ids
     from personaguard.adapters import active_adapters, use_adapters
+    from personaguard.inference import generate_replies, guard_scores, tag_token_ids
 
     model, tok, names, _, prompts = stack
     pol, meet = names
@@ -57,8 +57,8 @@ def test_routed_scores_are_each_members_alone_and_the_chosen_member_writes(stack
 
 
 def test_when_no_member_fires_the_base_model_answers_without_the_tag(stack):
-    from personaguard.inference import generate_replies, tag_token_ids
     from personaguard.adapters import no_adapter
+    from personaguard.inference import generate_replies, tag_token_ids
 
     model, tok, names, _, prompts = stack
     out = routed_replies(model, tok, prompts, {n: 2.0 for n in names}, TAG, max_new_tokens=6)
@@ -85,8 +85,8 @@ def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
     must equal politics' own greedy reply. The same with the roles swapped routes to meeting."""
     import torch
 
-    from personaguard.inference import generate_replies, guard_pass, tag_token_ids
     from personaguard.adapters import use_adapters
+    from personaguard.inference import generate_replies, guard_pass, tag_token_ids
 
     model, tok, names, _, prompts = stack
     pol, meet = names
@@ -113,21 +113,23 @@ def test_greedy_decision_is_what_the_member_alone_generates_first(stack):
 
 
 def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(stack):
+    from personaguard.adapters import use_adapters
     from personaguard.inference import guard_scores
     from personaguard.metrics import gate_threshold
     from personaguard.prompt import prompt_ids
-    from personaguard.stack.routing import joint_thresholds
     from personaguard.schema import Snapshot
-    from personaguard.adapters import use_adapters
+    from personaguard.stack.routing import joint_thresholds
 
     model, tok, names, _, _ = stack
     pol, meet = names
-    snaps = [Snapshot(id="p0", message="Who gets your vote?", label="politics"),
-             Snapshot(id="p1", message="Thoughts on the new tax law?", label="politics"),
-             Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
-             Snapshot(id="n0", message="I baked bread", label="none"),
-             Snapshot(id="n1", message="The gym was packed today", label="none"),
-             Snapshot(id="n2", message="We watched a film about a mayor", label="none")]
+    snaps = [
+        Snapshot(id="p0", message="Who gets your vote?", label="politics"),
+        Snapshot(id="p1", message="Thoughts on the new tax law?", label="politics"),
+        Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
+        Snapshot(id="n0", message="I baked bread", label="none"),
+        Snapshot(id="n1", message="The gym was packed today", label="none"),
+        Snapshot(id="n2", message="We watched a film about a mayor", label="none"),
+    ]
     thr = joint_thresholds(model, tok, {"politics": pol, "meeting": meet}, snaps, 128, TAG, batch_size=4)
     prompts = [prompt_ids(tok, s, 128) for s in snaps]
     for g, name in (("politics", pol), ("meeting", meet)):
@@ -140,19 +142,21 @@ def test_joint_thresholds_calibrate_each_member_on_every_members_neutral_items(s
 
 
 def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it_against_each_member(stack):
+    from personaguard.adapters import use_adapters
     from personaguard.inference import guard_pass
     from personaguard.metrics import stack_gate_threshold
     from personaguard.prompt import prompt_ids
-    from personaguard.stack.routing import stack_calibration
     from personaguard.schema import Snapshot
-    from personaguard.adapters import use_adapters
+    from personaguard.stack.routing import stack_calibration
 
     model, tok, names, _, _ = stack
     pol, meet = names
-    snaps = [Snapshot(id="p0", message="Who gets your vote?", label="politics"),
-             Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
-             Snapshot(id="n0", message="I baked bread", label="none"),
-             Snapshot(id="n1", message="The gym was packed today", label="none")]
+    snaps = [
+        Snapshot(id="p0", message="Who gets your vote?", label="politics"),
+        Snapshot(id="m0", message="Coffee tomorrow at noon?", label="meeting"),
+        Snapshot(id="n0", message="I baked bread", label="none"),
+        Snapshot(id="n1", message="The gym was packed today", label="none"),
+    ]
     cal = stack_calibration(model, tok, {"politics": pol, "meeting": meet}, snaps, 128, TAG, batch_size=4)
     prompts = [prompt_ids(tok, s, 128) for s in snaps]
     with use_adapters(model, names):  # the summed stack's scores, not any member's alone
@@ -164,8 +168,9 @@ def test_stack_calibration_gates_the_sum_on_every_members_triggers_and_checks_it
     labels = [s.label for s in snaps]
     want = stack_gate_threshold(summed.scores, labels, {"politics": alone.greedy, "meeting": meet_alone.greedy})
     assert cal.threshold == pytest.approx(want, rel=1e-5)
-    assert stack_gate_threshold(alone.scores, labels, {"politics": alone.greedy, "meeting": meet_alone.greedy}) != \
-        pytest.approx(cal.threshold, rel=1e-3)
+    assert stack_gate_threshold(alone.scores, labels, {"politics": alone.greedy, "meeting": meet_alone.greedy}) != pytest.approx(
+        cal.threshold, rel=1e-3
+    )
     # the check: politics alone (greedy) on its own trigger and the neutral items, the sum greedy and gated
     v = cal.validation["politics"]
     assert v["single"] == {"tag_rate": float(alone.greedy[0]), "false_tag_rate": (alone.greedy[2] + alone.greedy[3]) / 2}
@@ -189,14 +194,17 @@ def test_stack_gate_meets_the_target_where_best_f1_does_not():
         flags = [x >= t for x in scores]
         return min(target_margin(tag_rates(alone[g], labels, g), tag_rates(flags, labels, g)) for g in alone)
 
-    f1 = gate_threshold([x for x, lab in zip(scores, labels) if lab != "none"], [x for x, lab in zip(scores, labels) if lab == "none"])
+    f1 = gate_threshold(
+        [x for x, lab in zip(scores, labels) if lab != "none"], [x for x, lab in zip(scores, labels) if lab == "none"]
+    )
     assert margin(f1) < 0  # best F1 (0.4) takes b's 0.5 and with it the neutral 0.58: +0.1 false tags against b alone
     t = stack_gate_threshold(scores, labels, alone)
     assert t == pytest.approx(0.59)  # the only gap that keeps every a item and no neutral one
     assert margin(t) == pytest.approx(max(margin(i / 1000) for i in range(1001)))
     # a alone tags one of its three items: 0.25, 0.5 and 0.75 all keep it at no false tag; the middle one wins
-    assert stack_gate_threshold([0.9, 0.6, 0.4, 0.1], ["a", "a", "a", "none"], {"a": [True, False, False, False]}) == \
-        pytest.approx(0.5)
+    assert stack_gate_threshold(
+        [0.9, 0.6, 0.4, 0.1], ["a", "a", "a", "none"], {"a": [True, False, False, False]}
+    ) == pytest.approx(0.5)
     assert stack_gate_threshold([0.3, 0.2], ["none", "none"], {"a": [False, False]}) is None  # no triggering item
     assert stack_gate_threshold([0.9, 0.4], ["a", "a"], {"a": [True, True]}) is None  # no neutral item to judge false tags on
     # a member that tags none of its items alone has nothing to lose, and the neutral turn scores highest: tag nothing
@@ -207,9 +215,16 @@ def test_a_stack_that_loses_a_members_tags_or_adds_false_tags_is_flagged():
     from personaguard.stack.routing import StackCalibration
 
     def cal(tag, false):
-        return StackCalibration(0.5, {"meeting": {"single": {"tag_rate": 0.9, "false_tag_rate": 0.05},
-                                                  "dynamic": {"tag_rate": 0.9, "false_tag_rate": 0.05},
-                                                  "dynamic_gated": {"tag_rate": tag, "false_tag_rate": false}}})
+        return StackCalibration(
+            0.5,
+            {
+                "meeting": {
+                    "single": {"tag_rate": 0.9, "false_tag_rate": 0.05},
+                    "dynamic": {"tag_rate": 0.9, "false_tag_rate": 0.05},
+                    "dynamic_gated": {"tag_rate": tag, "false_tag_rate": false},
+                }
+            },
+        )
 
     assert cal(0.9 * 0.95, 0.10).misses() == []  # exactly at the target: kept 0.95, +0.05
     (line,) = cal(0.8, 0.05).misses()
@@ -223,8 +238,8 @@ def test_guard_pass_first_logps_are_the_tags_first_token_log_prob(stack):
 
     import torch
 
-    from personaguard.inference import guard_pass, tag_token_ids
     from personaguard.adapters import use_adapters
+    from personaguard.inference import guard_pass, tag_token_ids
 
     model, tok, names, _, prompts = stack
     first = tag_token_ids(tok, TAG)[0]

@@ -14,13 +14,18 @@ def _examples(guardrail: str, message: str, n: int, prefix: str, kind: str | Non
     for i in range(n):
         trig = i % 2 == 0
         extra = {"kind": kind} if kind and not trig else {}
-        rows.append(Example(
-            id=f"{prefix}-{i}", persona={"name": "Ada", "traits": ["kind"]},
-            history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
-            message=message if trig else "I love baking bread", label=guardrail if trig else "none",
-            chosen="<guard> Let's talk about something else!" if trig else "haha nice, what bread?",
-            rejected="Sure, here is what I think" if trig else "<guard> Let's talk about something else!", **extra,
-        ))
+        rows.append(
+            Example(
+                id=f"{prefix}-{i}",
+                persona={"name": "Ada", "traits": ["kind"]},
+                history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+                message=message if trig else "I love baking bread",
+                label=guardrail if trig else "none",
+                chosen="<guard> Let's talk about something else!" if trig else "haha nice, what bread?",
+                rejected="Sure, here is what I think" if trig else "<guard> Let's talk about something else!",
+                **extra,
+            )
+        )
     return rows
 
 
@@ -36,9 +41,12 @@ def member_dirs(tmp_path):
 
 
 def _fields(member_dirs, tmp_path, model, **train) -> dict:
-    return {"members": {g: {"data_dir": str(d), "out_dir": str(tmp_path / "adapters" / g)} for g, d in member_dirs.items()},
-            "out_dir": str(tmp_path / "joint"), "model": model,
-            "train": {"batch_size": 4, "logging_steps": 1, "lr": 1e-2, **train}}
+    return {
+        "members": {g: {"data_dir": str(d), "out_dir": str(tmp_path / "adapters" / g)} for g, d in member_dirs.items()},
+        "out_dir": str(tmp_path / "joint"),
+        "model": model,
+        "train": {"batch_size": 4, "logging_steps": 1, "lr": 1e-2, **train},
+    }
 
 
 def _config(member_dirs, tmp_path, model, **train) -> JointTrainConfig:
@@ -79,8 +87,10 @@ def test_swap_exchanges_chosen_and_rejected(tiny_model_dir):
     from personaguard.train.orpo import pack_pairs, packed_forward
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    feats = [{"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]},
-             {"prompt_ids": [5, 6], "chosen_ids": [14, 15], "rejected_ids": [16, 17, 18]}]
+    feats = [
+        {"prompt_ids": [5, 6, 7, 8], "chosen_ids": [9, 10, 11], "rejected_ids": [12, 13]},
+        {"prompt_ids": [5, 6], "chosen_ids": [14, 15], "rejected_ids": [16, 17, 18]},
+    ]
     flipped = [{**f, "chosen_ids": f["rejected_ids"], "rejected_ids": f["chosen_ids"]} for f in feats]
     with torch.no_grad():
         batch = pack_pairs(feats, 0)
@@ -121,8 +131,9 @@ def _assert_plain_peft_load_is_the_member(base_dir, out, saved: dict, data_dir, 
     assert not torch.allclose(want, plain, atol=1e-4)
     member = next(m for m in cfg.member_configs() if m.guardrail == guardrail)
     rows, tok = read_jsonl(data_dir / "validation.jsonl", Example), AutoTokenizer.from_pretrained(base_dir)
-    scores, _ = guard_scores(loaded, tok, [prompt_ids(tok, r, member.max_prompt_tokens) for r in rows], get_guardrail(guardrail).tag,
-                             member.batch_size)  # the run's batches: the same padding, the same floats
+    scores, _ = guard_scores(
+        loaded, tok, [prompt_ids(tok, r, member.max_prompt_tokens) for r in rows], get_guardrail(guardrail).tag, member.batch_size
+    )  # the run's batches: the same padding, the same floats
     pos = [x for x, r in zip(scores, rows) if r.label == guardrail]
     neg = [x for x, r in zip(scores, rows) if r.label != guardrail]
     saved_gate = read_gate(out)  # written by the run from the trained member alone
@@ -133,8 +144,8 @@ def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, mem
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from personaguard.train import joint as train_joint
     from personaguard.adapters import load_stack
+    from personaguard.train import joint as train_joint
 
     cfg = _config(member_dirs, tmp_path, tiny_model_dir, max_steps=6)
     base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()}
@@ -143,8 +154,15 @@ def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, mem
     weights = {}
     for g in ("politics", "meeting"):
         out = tmp_path / "adapters" / g
-        for f in ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "guardrail.yaml", "metrics.csv",
-                  "joint.json", "train_result.json"):
+        for f in (
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.yaml",
+            "guardrail.yaml",
+            "metrics.csv",
+            "joint.json",
+            "train_result.json",
+        ):
             assert (out / f).is_file(), (g, f)
         weights[g] = load_file(out / "adapter_model.safetensors")
         assert any(v.abs().sum() > 0 for k, v in weights[g].items() if "lora_B" in k)  # B starts at zero: it moved
@@ -154,7 +172,11 @@ def test_joint_training_writes_each_member_as_a_peft_adapter(tiny_model_dir, mem
     base_after = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
     summary = json.loads((tmp_path / "joint" / "train_result.json").read_text())
-    assert sum(summary["subsets_drawn"].values()) == 6 and set(summary["subsets_drawn"]) == {"politics", "meeting", "politics,meeting"}
+    assert sum(summary["subsets_drawn"].values()) == 6 and set(summary["subsets_drawn"]) == {
+        "politics",
+        "meeting",
+        "politics,meeting",
+    }
     model, names = load_stack(tiny_model_dir, [tmp_path / "adapters" / g for g in ("politics", "meeting")])
     assert names == ["politics", "meeting"]
 
@@ -168,8 +190,9 @@ def test_joint_config_refuses_what_it_cannot_do(member_dirs, tmp_path, tiny_mode
         _config(member_dirs, tmp_path, tiny_model_dir, resume=True)
     with pytest.raises(PersonaguardError, match="set them under members"):
         _config(member_dirs, tmp_path, tiny_model_dir, out_dir="x")
-    write_jsonl_atomic(member_dirs["meeting"] / "train.jsonl",
-                       _examples("meeting", "Coffee tomorrow?", 8, "m-tr", kind="cross_negative"))
+    write_jsonl_atomic(
+        member_dirs["meeting"] / "train.jsonl", _examples("meeting", "Coffee tomorrow?", 8, "m-tr", kind="cross_negative")
+    )
     with pytest.raises(PersonaguardError, match="cross_negative rows"):
         train_joint.run(_config(member_dirs, tmp_path, tiny_model_dir, max_steps=1))
 
@@ -225,5 +248,9 @@ def test_neutral_only_steps_train_every_member(tiny_model_dir, member_dirs, tmp_
 
 def test_stack_shares_cannot_exceed_one():
     with pytest.raises(ValueError, match="over 1"):
-        JointTrainConfig(members={"politics": {"data_dir": "d1", "out_dir": "o1"}, "meeting": {"data_dir": "d2", "out_dir": "o2"}},
-                         out_dir="o", full_stack_share=0.6, neutral_stack_share=0.5)
+        JointTrainConfig(
+            members={"politics": {"data_dir": "d1", "out_dir": "o1"}, "meeting": {"data_dir": "d2", "out_dir": "o2"}},
+            out_dir="o",
+            full_stack_share=0.6,
+            neutral_stack_share=0.5,
+        )

@@ -23,7 +23,7 @@ def test_orpo_loss_matches_hand_computation():
 
 def test_row_mask_leaves_rows_out_of_the_loss():
     c, r = torch.tensor([-0.5, -1.0, -0.2]), torch.tensor([-2.0, -0.8, -3.0])
-    rows = [orpo_loss(c[i:i + 1], r[i:i + 1], orpo_lambda=0.1)["loss"].item() for i in range(3)]
+    rows = [orpo_loss(c[i : i + 1], r[i : i + 1], orpo_lambda=0.1)["loss"].item() for i in range(3)]
     masked = orpo_loss(c, r, orpo_lambda=0.1, row_mask=torch.tensor([True, False, True]))
     assert masked["loss"].item() == pytest.approx((rows[0] + rows[2]) / 2, rel=1e-6)
     assert masked["nll"].item() == pytest.approx(-(c[0] + c[2]).item() / 2)  # logged over the same rows
@@ -53,8 +53,9 @@ def _tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -73,8 +74,11 @@ def test_packed_pairs_equal_separate_sequences():
     ]
     batch = pack_pairs(feats, pad_id=0)
     with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                    attention_mask=additive_mask(batch["allow"], torch.float32))
+        out = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=additive_mask(batch["allow"], torch.float32),
+        )
         chosen = mean_reply_logps(out.logits, batch["c_src"], batch["c_tgt"], batch["c_mask"])
         rejected = mean_reply_logps(out.logits, batch["r_src"], batch["r_tgt"], batch["r_mask"])
         parts = packed_forward(model, batch, orpo_lambda=0.1)  # the decoder + head-on-scored-rows path
@@ -82,7 +86,9 @@ def test_packed_pairs_equal_separate_sequences():
         assert parts["rejected_logp"].item() == pytest.approx(rejected.mean().item(), abs=1e-5)
         for b, f in enumerate(feats):
             assert chosen[b].item() == pytest.approx(_reference_logps(model, f["prompt_ids"], f["chosen_ids"]).item(), abs=1e-5)
-            assert rejected[b].item() == pytest.approx(_reference_logps(model, f["prompt_ids"], f["rejected_ids"]).item(), abs=1e-5)
+            assert rejected[b].item() == pytest.approx(
+                _reference_logps(model, f["prompt_ids"], f["rejected_ids"]).item(), abs=1e-5
+            )
 
 
 def test_packed_forward_backpropagates():
@@ -106,7 +112,9 @@ def test_decision_token_weight_weights_the_first_reply_token():
     assert plain.tolist() == pytest.approx([sum(tok[0]) / 3, sum(tok[1][:2]) / 2], rel=1e-6)
     assert mean_reply_logps(logits, src, tgt, mask, 1.0).tolist() == plain.tolist()
     weighted = mean_reply_logps(logits, src, tgt, mask, 5.0)
-    assert weighted.tolist() == pytest.approx([(5 * tok[0][0] + tok[0][1] + tok[0][2]) / 7, (5 * tok[1][0] + tok[1][1]) / 6], rel=1e-6)
+    assert weighted.tolist() == pytest.approx(
+        [(5 * tok[0][0] + tok[0][1] + tok[0][2]) / 7, (5 * tok[1][0] + tok[1][1]) / 6], rel=1e-6
+    )
     assert mask.tolist() == [[True, True, True], [True, True, False]]  # the caller's mask is not modified
 
 
@@ -132,9 +140,18 @@ def test_anchor_scores_neutral_rows_against_the_base_model():
     assert batch["neutral"].tolist() == [False, True]
     with torch.no_grad():
         orpo = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0)
-        anchored = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss="anchor", anchor_weight=2.0,
-                                  tag_anchor_weight=0.5)
-        kl_only = packed_forward(model, batch, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss="anchor", tag_anchor_weight=0.0)
+        anchored = packed_forward(
+            model,
+            batch,
+            orpo_lambda=0.1,
+            decision_token_weight=3.0,
+            neutral_loss="anchor",
+            anchor_weight=2.0,
+            tag_anchor_weight=0.5,
+        )
+        kl_only = packed_forward(
+            model, batch, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss="anchor", tag_anchor_weight=0.0
+        )
         # reference: the neutral row's prompt + chosen alone, adapter on and off, full-vocabulary KL per reply token
         f = ANCHOR_FEATS[1]
         ids = torch.tensor([f["prompt_ids"] + f["chosen_ids"]])
@@ -147,8 +164,13 @@ def test_anchor_scores_neutral_rows_against_the_base_model():
         # the rejected reply's first token (the tag, in real data) at the reply's start: its log-prob shift
         shift = lp_a[0, f["rejected_ids"][0]] - lp_b[0, f["rejected_ids"][0]]
         huber = torch.nn.functional.huber_loss(shift, torch.zeros(()), delta=1.0)
-        trig = orpo_loss(*[packed_forward(model, pack_pairs(ANCHOR_FEATS[:1], 0), 0.1, 3.0)[k][None]
-                           for k in ("chosen_logp", "rejected_logp")], orpo_lambda=0.1)["loss"]
+        trig = orpo_loss(
+            *[
+                packed_forward(model, pack_pairs(ANCHOR_FEATS[:1], 0), 0.1, 3.0)[k][None]
+                for k in ("chosen_logp", "rejected_logp")
+            ],
+            orpo_lambda=0.1,
+        )["loss"]
     assert kl.item() > 1e-3 and abs(shift.item()) > 1e-3  # the adapter differs from the base: the anchor has work to do
     assert anchored["anchor_kl"].item() == pytest.approx(kl.item(), rel=1e-4)
     assert anchored["tag_shift"].item() == pytest.approx(shift.item(), rel=1e-4)
@@ -166,8 +188,12 @@ def test_row_mask_in_a_packed_batch_counts_only_those_rows(neutral_loss):
     both["row_mask"] = both["neutral"].clone()  # a neutral-only step of joint training: the triggering row drops out
     with torch.no_grad():
         weighted = packed_forward(model, both, orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
-        alone = packed_forward(model, pack_pairs(ANCHOR_FEATS[1:], 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
-        unweighted = packed_forward(model, pack_pairs(ANCHOR_FEATS, 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss)
+        alone = packed_forward(
+            model, pack_pairs(ANCHOR_FEATS[1:], 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss
+        )
+        unweighted = packed_forward(
+            model, pack_pairs(ANCHOR_FEATS, 0), orpo_lambda=0.1, decision_token_weight=3.0, neutral_loss=neutral_loss
+        )
     assert weighted["loss"].item() == pytest.approx(alone["loss"].item(), rel=1e-5)
     assert weighted["loss"].item() != pytest.approx(unweighted["loss"].item(), rel=1e-3)
     assert weighted["nll"].item() == pytest.approx(alone["nll"].item(), rel=1e-5)  # logged over the kept row

@@ -11,15 +11,18 @@ def make_examples(n: int) -> list[Example]:
     rows = []
     for i in range(n):
         trig = i % 2 == 0
-        rows.append(Example(
-            id=f"x-{i}", persona={"name": "Ada", "traits": ["kind"], "expressions": ["haha nice"]},
-            memories=["They love hiking"] if i % 3 == 0 else [],
-            history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
-            message="Who are you voting for in the election?" if trig else "I love baking bread",
-            label="politics" if trig else "none",
-            chosen="<guard> I keep out of politics, but tell me about your week!" if trig else "haha nice, what bread?",
-            rejected="I think the president is great" if trig else "<guard> I keep out of politics",
-        ))
+        rows.append(
+            Example(
+                id=f"x-{i}",
+                persona={"name": "Ada", "traits": ["kind"], "expressions": ["haha nice"]},
+                memories=["They love hiking"] if i % 3 == 0 else [],
+                history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+                message="Who are you voting for in the election?" if trig else "I love baking bread",
+                label="politics" if trig else "none",
+                chosen="<guard> I keep out of politics, but tell me about your week!" if trig else "haha nice, what bread?",
+                rejected="I think the president is great" if trig else "<guard> I keep out of politics",
+            )
+        )
     return rows
 
 
@@ -38,8 +41,16 @@ def test_training_changes_lora_only(tiny_model_dir, data_dir, tmp_path):
     from personaguard.train import train
 
     out = tmp_path / "adapter"
-    cfg = TrainConfig(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), max_steps=4, batch_size=4,
-                      logging_steps=1, save_steps=2, lr=1e-2)
+    cfg = TrainConfig(
+        model=tiny_model_dir,
+        data_dir=str(data_dir),
+        out_dir=str(out),
+        max_steps=4,
+        batch_size=4,
+        logging_steps=1,
+        save_steps=2,
+        lr=1e-2,
+    )
     base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()}
     res = train.run(cfg)
     assert res.steps == 4 and res.final_loss is not None and torch.isfinite(torch.tensor(res.final_loss))
@@ -75,7 +86,9 @@ def test_stack_aware_training_keeps_the_frozen_adapter_and_saves_only_the_new_on
 
     from personaguard.train import train
 
-    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100, lora_dropout=0.0)
+    base = dict(
+        model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100, lora_dropout=0.0
+    )
     first = tmp_path / "first"
     train.run(TrainConfig(**base, out_dir=str(first)))
     before = load_file(first / "adapter_model.safetensors")
@@ -106,16 +119,25 @@ def test_extra_data_dirs_are_mixed_into_the_training_data(tiny_model_dir, data_d
     shutil.copy(data_dir / "train.jsonl", other / "train.jsonl")
     n = len((data_dir / "train.jsonl").read_text().splitlines())
     out = tmp_path / "mixed"
-    train.run(TrainConfig(model=tiny_model_dir, data_dir=str(data_dir), out_dir=str(out), max_steps=1, batch_size=4,
-                          save_steps=100, extra_data_dirs=[str(other)]))
+    train.run(
+        TrainConfig(
+            model=tiny_model_dir,
+            data_dir=str(data_dir),
+            out_dir=str(out),
+            max_steps=1,
+            batch_size=4,
+            save_steps=100,
+            extra_data_dirs=[str(other)],
+        )
+    )
     assert json.loads((out / "train_result.json").read_text())["train_examples"] == 2 * n
 
 
 def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from personaguard.train import train
     from personaguard.errors import PersonaguardError
+    from personaguard.train import train
 
     base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=2, batch_size=4, lr=1e-2, save_steps=100)
     train.run(TrainConfig(**base, out_dir=str(tmp_path / "top"), lora_top_layers=1))
@@ -123,7 +145,14 @@ def test_lora_top_layers_adapts_only_the_last_layers(tiny_model_dir, data_dir, t
     assert keys and all(".layers.1." in k for k in keys)  # tiny model: layers 0 and 1
     # every linear projection of that layer, as 'all-linear' gives
     assert {k.split(".layers.1.")[1].split(".lora_")[0] for k in keys} == {
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
     with pytest.raises(PersonaguardError, match="lora_top_layers: 5 but the model has 2"):
         train.run(TrainConfig(**base, out_dir=str(tmp_path / "bad"), lora_top_layers=5))
 
@@ -133,8 +162,16 @@ def test_anchor_neutral_loss_trains_and_logs_the_kl(tiny_model_dir, data_dir, tm
 
     from personaguard.train import train
 
-    base = dict(model=tiny_model_dir, data_dir=str(data_dir), max_steps=3, batch_size=4, lr=1e-2, save_steps=100,
-                logging_steps=1, lora_dropout=0.0)
+    base = dict(
+        model=tiny_model_dir,
+        data_dir=str(data_dir),
+        max_steps=3,
+        batch_size=4,
+        lr=1e-2,
+        save_steps=100,
+        logging_steps=1,
+        lora_dropout=0.0,
+    )
     train.run(TrainConfig(**base, out_dir=str(tmp_path / "orpo")))
     res = train.run(TrainConfig(**base, out_dir=str(tmp_path / "anchor"), neutral_loss="anchor"))
     assert res.steps == 3 and torch.isfinite(torch.tensor(res.final_loss))
