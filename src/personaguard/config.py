@@ -195,7 +195,9 @@ class TrainConfig(TrainOptions):
     """`personaguard train`: one adapter for one guardrail."""
 
     model: str = Field(EMBEDDED, description="Base model: embedded name, local folder or HF id.")
-    guardrail: str = Field("politics", description="Guardrail name or YAML path (saved next to the adapter).")
+    guardrail: str | None = Field(
+        None, description="Guardrail name or YAML path (saved next to the adapter); default: the one the data was generated for."
+    )
     guardrails_dir: str | None = Field(None, description="Extra folder of user guardrail YAML files.")
     data_dir: str = Field(..., description="Folder with train.jsonl (and validation.jsonl) from `generate`.")
     out_dir: str = Field(..., description="Adapter output folder (PEFT format).")

@@ -183,3 +183,15 @@ def test_anchor_neutral_loss_trains_and_logs_the_kl(tiny_model_dir, data_dir, tm
     orpo = load_file(tmp_path / "orpo" / "adapter_model.safetensors")
     anchor = load_file(tmp_path / "anchor" / "adapter_model.safetensors")
     assert any(not torch.allclose(anchor[k], orpo[k]) for k in orpo if "lora_B" in k)  # the neutral rows' loss differs
+
+
+def test_train_refuses_a_guardrail_other_than_the_datas(tmp_path):
+    """`train --data-dir <meeting data>` once trained an adapter labelled politics (the old default)."""
+    from personaguard.errors import PersonaguardError
+    from personaguard.train import train
+
+    write_jsonl_atomic(tmp_path / "data" / "train.jsonl", make_examples(4))  # politics examples
+    cfg = TrainConfig(model="unused", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "a"), guardrail="meeting")
+    with pytest.raises(PersonaguardError, match="generated for guardrail 'politics', but --guardrail is 'meeting'"):
+        train.run(cfg)
+    assert not (tmp_path / "a").exists()

@@ -312,13 +312,30 @@ def lora_for_training(cfg: TrainConfig, adapter_name: str = "default"):
     return _lora_model(model, cfg, adapter_name), tok, device
 
 
+def data_guardrail(cfg: TrainConfig, rows: list[Example], path: Path):
+    """The guardrail the data was generated for; a --guardrail that names another is refused (it would
+    train an adapter labelled with one guardrail on another's triggers)."""
+    labels = sorted({r.label for r in rows} - {NONE_LABEL})
+    if len(labels) != 1:
+        raise PersonaguardError(f"{path}: triggering examples of {labels or 'no guardrail'}; one guardrail's data expected")
+    extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
+    guardrail = get_guardrail(cfg.guardrail or labels[0], extra)
+    if guardrail.name != labels[0]:
+        raise PersonaguardError(
+            f"{path}: generated for guardrail {labels[0]!r}, but --guardrail is {guardrail.name!r}; drop --guardrail or "
+            "point --data-dir at that guardrail's data"
+        )
+    return guardrail
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     """Train the adapter described by `cfg`; returns where it was saved and how long it took."""
-    guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
     data_dir, out_dir = Path(cfg.data_dir), Path(cfg.out_dir)
     train_rows = read_jsonl(data_dir / "train.jsonl", Example)
     if not train_rows:
         raise PersonaguardError(f"{data_dir / 'train.jsonl'}: no training examples")
+    guardrail = data_guardrail(cfg, train_rows, data_dir / "train.jsonl")
+    cfg = cfg.model_copy(update={"guardrail": cfg.guardrail or guardrail.name})
     for extra in cfg.extra_data_dirs:
         train_rows += read_jsonl(Path(extra) / "train.jsonl", Example)
     val_path = data_dir / "validation.jsonl"
