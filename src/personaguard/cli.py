@@ -103,7 +103,8 @@ def train(
     out_dir: Optional[str] = typer.Option(None, help="Adapter output folder."),
     guardrail: Optional[str] = typer.Option(None, help="Guardrail name or YAML path."),
     model: Optional[str] = typer.Option(None, help="Base model (embedded name, folder or HF id)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue this training from its newest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier training's files in the output folder."),
 ):
     """Train one LoRA adapter with ORPO (writes a PEFT adapter folder + metrics.csv)."""
     from .config import TrainConfig, load_config
@@ -112,6 +113,8 @@ def train(
     over = _overrides(set_, data_dir=data_dir, out_dir=out_dir, guardrail=guardrail, model=model)
     if resume:
         over.append("resume=true")
+    if overwrite:
+        over.append("overwrite=true")
     cfg = load_config(TrainConfig, config, over)
     res = train_mod.run(cfg)
     typer.echo(f"adapter saved to {res.adapter_dir} ({res.steps} steps, {res.seconds:.0f}s)")

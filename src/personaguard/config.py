@@ -164,7 +164,11 @@ class TrainOptions(_Strict):
     eval_steps: int = Field(0, ge=0, description="Validation loss every N steps (0 = once per epoch).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for --resume).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
-    resume: bool = Field(False, description="Continue from the newest checkpoint in out_dir.")
+    resume: bool = Field(False, description="Continue from the newest checkpoint in out_dir (only the run recorded there).")
+    overwrite: bool = Field(
+        False,
+        description="Replace an earlier training's files in out_dir (a new run into a non-empty folder is refused without it).",
+    )
     seed: int = Field(0, description="Training seed.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = fp32 on CPU, bf16 on CUDA.")

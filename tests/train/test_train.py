@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -195,3 +196,48 @@ def test_train_refuses_a_guardrail_other_than_the_datas(tmp_path):
     with pytest.raises(PersonaguardError, match="generated for guardrail 'politics', but --guardrail is 'meeting'"):
         train.run(cfg)
     assert not (tmp_path / "a").exists()
+
+
+def _cfg(tmp_path, **kw):
+    return TrainConfig(model="unused", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "a"), **kw)
+
+
+def test_a_new_run_into_an_earlier_trainings_folder_needs_overwrite(tmp_path):
+    from personaguard.errors import PersonaguardError
+    from personaguard.train.train import prepare_out_dir
+
+    out = tmp_path / "a"
+    run_id, resumes = prepare_out_dir(_cfg(tmp_path), out)
+    assert not resumes and json.loads((out / "run.json").read_text())["run_id"] == run_id
+    (out / "metrics.csv").write_text("step\n1\n")
+    with pytest.raises(PersonaguardError, match="--overwrite"):
+        prepare_out_dir(_cfg(tmp_path), out)
+    assert (out / "metrics.csv").is_file()  # nothing lost by the refusal
+    new_id, _ = prepare_out_dir(_cfg(tmp_path, overwrite=True), out)
+    assert new_id != run_id and not (out / "metrics.csv").exists()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_training(tmp_path):
+    from personaguard.errors import PersonaguardError
+    from personaguard.train.train import prepare_out_dir
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "thesis.tex").write_text("precious")
+    with pytest.raises(PersonaguardError, match="refusing to overwrite"):
+        prepare_out_dir(_cfg(tmp_path, overwrite=True), tmp_path / "a")
+    assert (tmp_path / "a" / "thesis.tex").read_text() == "precious"
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """A second run killed before its first checkpoint must not continue from the first run's checkpoint."""
+    from personaguard.errors import PersonaguardError
+    from personaguard.train.train import prepare_out_dir
+
+    out = tmp_path / "a"
+    first, _ = prepare_out_dir(_cfg(tmp_path), out)
+    (out / "checkpoint-4").mkdir()
+    (out / "checkpoint-4" / "run.json").write_text(json.dumps({"run_id": first}))
+    assert prepare_out_dir(_cfg(tmp_path, resume=True), out) == (first, True)
+    (out / "run.json").write_text(json.dumps({"run_id": "second"}))  # as a second run writes it at its start
+    with pytest.raises(PersonaguardError, match="mix two runs"):
+        prepare_out_dir(_cfg(tmp_path, resume=True), out)

@@ -340,10 +340,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         train_rows += read_jsonl(Path(extra) / "train.jsonl", Example)
     val_path = data_dir / "validation.jsonl"
     val_rows = read_jsonl(val_path, Example) if val_path.is_file() else []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    has_ckpt = any(out_dir.glob("checkpoint-*"))
-    if not cfg.resume:
-        (out_dir / "metrics.csv").unlink(missing_ok=True)
+    run_id, has_ckpt = prepare_out_dir(cfg, out_dir)
 
     ORPOTrainer, MetricsCSV, collate, torch = _make_trainer_classes()
     model, tok, device = lora_for_training(cfg)
@@ -359,7 +356,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         train_dataset=as_dataset(train_feats),
         eval_dataset=as_dataset(val_feats) if val_feats else None,
         data_collator=collate(tok.pad_token_id),
-        callbacks=[MetricsCSV(out_dir / "metrics.csv")],
+        callbacks=[MetricsCSV(out_dir / "metrics.csv"), _run_id_callback(run_id)],
         orpo_lambda=cfg.orpo_lambda,
         decision_token_weight=cfg.decision_token_weight,
         neutral_loss=cfg.neutral_loss,
@@ -384,8 +381,79 @@ def run(cfg: TrainConfig) -> TrainResult:
             "train_examples": len(train_feats),
             "device": device,
         },
+        run_id,
     )
     return TrainResult(out_dir, result.global_step, seconds, result.training_loss)
+
+
+RUN_FILE = "run.json"  # the run id of the training that owns this folder and its checkpoints
+
+
+def _is_training_folder(out_dir: Path) -> bool:
+    names = {p.name for p in out_dir.iterdir()}
+    return bool(names & {RUN_FILE, "adapter_config.json", "metrics.csv"}) or any(n.startswith("checkpoint-") for n in names)
+
+
+def prepare_out_dir(cfg: TrainConfig, out_dir: Path) -> tuple[str, bool]:
+    """The run id of this training and whether it resumes from a checkpoint.
+
+    A new run never mixes with an old one: into a non-empty folder it needs `overwrite` (and then
+    replaces only a training folder's contents), and `resume` continues only checkpoints written by the
+    run recorded in the folder, so a second run killed early cannot be continued from the first's."""
+    import shutil
+    import uuid
+
+    existing = out_dir.is_dir() and any(out_dir.iterdir())
+    if cfg.resume and existing:
+        run_path = out_dir / RUN_FILE
+        ckpts = sorted(
+            out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
+        )
+        if not run_path.is_file():
+            raise PersonaguardError(
+                f"{out_dir}: no {RUN_FILE}, so its checkpoints cannot be told apart from another run's; "
+                "train again with --overwrite"
+            )
+        run_id = json.loads(run_path.read_text(encoding="utf-8"))["run_id"]
+        if ckpts:
+            mark = ckpts[-1] / RUN_FILE
+            theirs = json.loads(mark.read_text(encoding="utf-8"))["run_id"] if mark.is_file() else None
+            if theirs != run_id:
+                raise PersonaguardError(
+                    f"{ckpts[-1]} was written by run {theirs or 'unknown'}, not by run {run_id} recorded "
+                    f"in {run_path}; resuming would mix two runs: train again with --overwrite"
+                )
+        return run_id, bool(ckpts)
+    if existing and not cfg.overwrite:
+        raise PersonaguardError(
+            f"{out_dir} is not empty (an earlier training's files); add --overwrite to replace them "
+            "or --resume to continue that training"
+        )
+    if existing:
+        if not _is_training_folder(out_dir):
+            raise PersonaguardError(
+                f"{out_dir} holds files that are not an adapter or its checkpoints; refusing to "
+                "overwrite it, choose another out_dir"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    write_text_atomic(out_dir / RUN_FILE, json.dumps({"run_id": run_id, "seed": cfg.seed}, indent=2))
+    return run_id, False
+
+
+def _run_id_callback(run_id: str):
+    """Marks every checkpoint with the run that wrote it (checked by prepare_out_dir on --resume)."""
+    from transformers import TrainerCallback
+
+    class RunId(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_text_atomic(ckpt / RUN_FILE, json.dumps({"run_id": run_id}))
+
+    return RunId()
 
 
 def finish_adapter(
