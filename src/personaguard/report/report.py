@@ -13,19 +13,12 @@ import html
 import json
 from pathlib import Path
 
-from ..evaluate.evaluate import cell
+from ..evaluate.evaluate import SUMMARY_COLUMNS, cell
 from ..schema import write_text_atomic
 from .plots import eval_guardrail
 
-COLUMNS = [
-    ("tag_rate", "tag rate"),
-    ("false_tag_rate", "false tag rate"),
-    ("adherence", "adherence"),
-    ("neutral_preserved", "neutral preserved"),
-    ("precision", "precision"),
-    ("recall", "recall"),
-    ("f1", "F1"),
-    ("auroc", "AUROC"),
+# evaluate's summary columns, with the latencies in place of the best-F1 threshold
+COLUMNS = [c for c in SUMMARY_COLUMNS if c[0] != "threshold"] + [
     ("latency_guard_s", "guard s/item"),
     ("latency_reply_s", "reply s/item"),
 ]
