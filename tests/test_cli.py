@@ -157,3 +157,25 @@ def test_evaluate_without_adapter_keeps_the_settings_asked_for(tmp_path, tiny_mo
         "settings=[none,embedding]",
     )
     assert res.returncode == 2 and "baseline_train_data" in res.stderr  # embedding kept, so its missing input is reported
+
+
+def test_ctrl_c_exits_130_with_one_line_on_what_was_kept(tmp_path):
+    """`generate && train` must not carry on after an interrupt (it once exited 0)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "personaguard.cli", "generate", "--n", "200000", "--out-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell may pass SIGINT ignored
+    )
+    raw = tmp_path / "d" / "politics_vary_all"
+    deadline = time.monotonic() + 60
+    while not any(raw.glob("*.jsonl")) and time.monotonic() < deadline:  # interrupt once it is writing
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().split("\r")[-1].splitlines()[-1].startswith("interrupted: files written so far are kept")

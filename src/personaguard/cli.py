@@ -326,6 +326,12 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+INTERRUPTED = (
+    "interrupted: files written so far are kept; run the same command again to continue "
+    "(generate resumes where it stopped; train continues with --resume)"
+)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
@@ -333,7 +339,12 @@ def main() -> None:
     else:
         _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        # without standalone mode typer returns an exit code instead of exiting: 130 after Ctrl-C
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                typer.echo(INTERRUPTED, err=True)
+            sys.exit(code)
     except PersonaguardError as exc:
         if debug:
             raise
@@ -351,8 +362,8 @@ def main() -> None:
     except typer.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
     except Exception as exc:
-        if isinstance(exc, _click_classes("Abort")):  # Ctrl-C at a prompt
-            typer.echo("interrupted", err=True)
+        if isinstance(exc, _click_classes("Abort")):  # click turns Ctrl-C into Abort
+            typer.echo(INTERRUPTED, err=True)
             sys.exit(130)
         if isinstance(exc, _click_classes("Exit")):
             sys.exit(exc.exit_code)
