@@ -53,3 +53,17 @@ def test_pipeline_fills_in_the_embedding_baselines_training_data():
     cfg = load_config(PipelineConfig, None, ["run_dir=r", "evaluate.settings=[none,embedding]"])
     _, t, evals = stage_configs(cfg, "politics")
     assert evals[0].baseline_train_data == str(Path(t.data_dir) / "train.jsonl")
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("n: 3\nseed: 1\nguardrail: politics: x\n")
+    with pytest.raises(PersonaguardError, match=r"bad\.yaml: not valid YAML \(line 3, column \d+: ") as exc:
+        load_config(TrainConfig, f)
+    assert "\n" not in str(exc.value)
+
+
+def test_set_with_bad_yaml_value_is_one_line():
+    with pytest.raises(PersonaguardError, match=r"--set 'settings=\[none': value is not valid YAML") as exc:
+        load_config(EvaluateConfig, None, ["settings=[none"])
+    assert "\n" not in str(exc.value)

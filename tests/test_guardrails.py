@@ -41,3 +41,22 @@ def test_bad_guardrail_yaml_is_one_line_error(tmp_path, text, needle):
 def test_unknown_guardrail_lists_known():
     with pytest.raises(PersonaguardError, match="known: expert_opinion, meeting, politics"):
         get_guardrail("nope")
+
+
+def test_missing_extra_dir_is_an_error(tmp_path, pg_home):
+    with pytest.raises(PersonaguardError, match=r"guardrails dir .*nope: folder not found"):
+        registry([tmp_path / "nope"])
+
+
+def test_broken_user_file_is_skipped_with_warning_unless_asked_for(tmp_path, pg_home, capsys):
+    d = tmp_path / "g"
+    d.mkdir()
+    (d / "broken.yaml").write_text("name: broken\ntrigger: [x\n")
+    (d / "fine.yaml").write_text("name: fine\ntrigger: user asks about fine things\nresolution: say it is fine\n")
+    reg = registry([d])
+    assert "politics" in reg and "fine" in reg and "broken" not in reg
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: skipping guardrail file") and "broken.yaml" in err[0]
+    assert get_guardrail("politics", [d]).name == "politics"
+    with pytest.raises(PersonaguardError, match=r"broken\.yaml: not valid YAML"):
+        get_guardrail("broken", [d])

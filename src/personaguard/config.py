@@ -577,8 +577,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise PersonaguardError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise PersonaguardError(
+                f"--set {item!r}: value is not valid YAML ({_yaml_problem(exc)}); quote it or fix the brackets"
+            ) from None
+        _set_path(data, key.strip(), value)
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """yaml's own multi-line message reduced to its problem ("mapping values are not allowed here")."""
+    problem = getattr(exc, "problem", None)
+    return problem or str(exc).splitlines()[0]
 
 
 def load_yaml(path: str | Path | None) -> dict:
@@ -589,8 +601,14 @@ def load_yaml(path: str | Path | None) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise PersonaguardError(f"{p}: config file not found") from None
+    except UnicodeDecodeError:
+        raise PersonaguardError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
+    except IsADirectoryError:
+        raise PersonaguardError(f"{p}: is a folder, expected a YAML config file") from None
     except yaml.YAMLError as exc:
-        raise PersonaguardError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise PersonaguardError(f"{p}: not valid YAML ({where}{_yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise PersonaguardError(f"{p}: expected a mapping of config fields at the top level")
     return data

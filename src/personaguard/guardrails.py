@@ -7,9 +7,11 @@ files with the same fields, found in a folder given by config/CLI or added with
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -87,14 +89,33 @@ def _builtin() -> dict[str, Guardrail]:
     return out
 
 
-def registry(extra_dirs: list[str | Path] | None = None) -> dict[str, Guardrail]:
-    """All known guardrails: built-in, then the user folder, then `extra_dirs` (later wins)."""
+@functools.cache
+def _warn_once(line: str) -> None:
+    """Commands read the registry several times; the user needs each warning once."""
+    print(line, file=sys.stderr)
+
+
+def registry(extra_dirs: list[str | Path] | None = None, *, wanted: str | None = None) -> dict[str, Guardrail]:
+    """All known guardrails: built-in, then the user folder, then `extra_dirs` (later wins).
+
+    An `extra_dirs` folder that does not exist is an error (a mistyped --dir must not pass silently).
+    A broken user file is skipped with a one-line warning on stderr, so one bad file does not block
+    every command; when it is the guardrail asked for (`wanted`, matched by file name) its error is raised."""
     found = _builtin()
+    for d in extra_dirs or []:
+        if not Path(d).is_dir():
+            raise PersonaguardError(f"guardrails dir {d}: folder not found (expected a folder of guardrail YAML files)")
     dirs = [user_guardrail_dir(), *[Path(d) for d in (extra_dirs or [])]]
     for d in dirs:
         if d.is_dir():
             for f in sorted(d.glob("*.y*ml")):
-                g = load_guardrail_file(f)
+                try:
+                    g = load_guardrail_file(f)
+                except PersonaguardError as exc:
+                    if wanted is not None and f.stem == wanted:
+                        raise
+                    _warn_once(f"warning: skipping guardrail file {exc}")
+                    continue
                 found[g.name] = g
     return found
 
@@ -103,7 +124,7 @@ def get_guardrail(name_or_path: str, extra_dirs: list[str | Path] | None = None)
     """Resolve a guardrail by registry name, or load it from a YAML path."""
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
         return load_guardrail_file(name_or_path)
-    reg = registry(extra_dirs)
+    reg = registry(extra_dirs, wanted=name_or_path)
     if name_or_path not in reg:
         raise PersonaguardError(
             f"unknown guardrail '{name_or_path}'; known: {', '.join(sorted(reg))} "

@@ -53,6 +53,9 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the cache is shared like any folder
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if dest.exists():  # another process won the race; keep theirs

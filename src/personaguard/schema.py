@@ -9,6 +9,7 @@ fsyncs each line, `write_jsonl_atomic` writes a temp file and renames it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -75,8 +76,16 @@ def read_jsonl(path: str | Path, model: type[BaseModel] = Snapshot, allowed_labe
     if not path.is_file():
         raise PersonaguardError(f"{path}: data file not found")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    seen: dict[str, int] = {}
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PersonaguardError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -94,6 +103,14 @@ def read_jsonl(path: str | Path, model: type[BaseModel] = Snapshot, allowed_labe
                     f"{path}:{lineno}: field 'label': unknown label '{row.label}', expected one of "
                     f"{', '.join(sorted(allowed_labels))}"
                 )
+            row_id = getattr(row, "id", None)
+            if row_id is not None:
+                # predictions and the judge are keyed by id: a repeated id would silently overwrite
+                if row_id in seen:
+                    raise PersonaguardError(
+                        f"{path}:{lineno}: field 'id': duplicate id '{row_id}' (first on line {seen[row_id]}); ids must be unique"
+                    )
+                seen[row_id] = lineno
             rows.append(row)
     return rows
 
@@ -150,19 +167,51 @@ def write_csv_atomic(path: str | Path, rows: list[dict], fieldnames: list[str]) 
     write_text_atomic(path, buf.getvalue())
 
 
+def ensure_dir(path: str | Path, what: str = "out_dir") -> Path:
+    """Create the output folder `path` (field `what`), or one line saying why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PersonaguardError(f"{what} {path}: a file is in the way (expected a folder); choose another {what}") from None
+    except PermissionError:
+        raise PersonaguardError(f"{what} {path}: cannot create the folder (permission denied); choose another {what}") from None
+    except OSError as exc:
+        raise PersonaguardError(f"{what} {path}: cannot create the folder ({exc.strerror}); choose another {what}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PersonaguardError(f"{what} {path}: folder is not writable (permission denied); choose another {what}")
+    return path
+
+
+def file_mode() -> int:
+    """The mode `open()` would give a new file (0644 under the usual umask); mkstemp alone gives 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ensure_dir(path.parent, "output folder")
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise PersonaguardError(f"{path}: cannot write (permission denied on {path.parent})") from None
+    try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise PersonaguardError(f"{path}: cannot write, no space left on the device; free some space and run again") from None
         raise
 
 

@@ -277,3 +277,52 @@ def test_evaluate_without_adapter_needs_a_guardrail(tmp_path):
     write_jsonl_atomic(tmp_path / "d.jsonl", make_examples(2))
     with pytest.raises(PersonaguardError, match="--guardrail"):
         evaluate.run(EvaluateConfig(data=str(tmp_path / "d.jsonl"), out_dir=str(tmp_path / "o"), settings=["none"]))
+
+
+def _no_model_load(monkeypatch):
+    from personaguard.evaluate import evaluate
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not load before the inputs are checked")
+
+    monkeypatch.setattr(evaluate, "load_eval_model", boom)
+
+
+def test_evaluate_refuses_an_empty_data_file_before_loading(tmp_path, monkeypatch):
+    from personaguard.errors import PersonaguardError
+    from personaguard.evaluate import evaluate
+
+    _no_model_load(monkeypatch)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    cfg = EvaluateConfig(data=str(tmp_path / "empty.jsonl"), out_dir=str(tmp_path / "o"), guardrail="politics", settings=["none"])
+    with pytest.raises(PersonaguardError, match=r"empty\.jsonl: no items"):
+        evaluate.run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_checks_missing_checkpoints_before_loading(trained_short, tmp_path, monkeypatch):
+    from personaguard.errors import PersonaguardError
+    from personaguard.evaluate import evaluate
+
+    _no_model_load(monkeypatch)
+    cfg = EvaluateConfig(
+        adapter=str(trained_short / "adapter"),
+        data=str(trained_short / "data" / "test.jsonl"),
+        out_dir=str(tmp_path / "o"),
+        checkpoints=["3"],
+    )
+    with pytest.raises(PersonaguardError, match="checkpoint-3 not found"):
+        evaluate.run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_refuses_an_out_dir_that_is_a_file(tmp_path, monkeypatch):
+    from personaguard.errors import PersonaguardError
+    from personaguard.evaluate import evaluate
+
+    _no_model_load(monkeypatch)
+    write_jsonl_atomic(tmp_path / "d.jsonl", make_examples(2))
+    (tmp_path / "o").write_text("x")
+    cfg = EvaluateConfig(data=str(tmp_path / "d.jsonl"), out_dir=str(tmp_path / "o"), guardrail="politics", settings=["none"])
+    with pytest.raises(PersonaguardError, match="out_dir .*o: a file is in the way"):
+        evaluate.run(cfg)

@@ -160,3 +160,18 @@ def test_the_report_shows_every_settings_tag_rate_on_every_label(run_dir):
     page = html_path.read_text()
     confusion = page[page.index("<div id='confusion'>") :]
     assert "<td>0.750</td>" in confusion.split("</div>")[0]
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_plot_and_report_refuse_a_folder_that_is_not_a_run(tmp_path, make):
+    from personaguard.errors import PersonaguardError
+
+    d = tmp_path / "runz"
+    if make == "empty":
+        d.mkdir()
+    needle = "run folder not found" if make == "missing" else "not a run folder"
+    for fn in (plot.run, report.run):
+        with pytest.raises(PersonaguardError, match=needle):
+            fn(d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if make == "missing" else ["runz"])
+    assert make == "missing" or list(d.iterdir()) == []

@@ -235,3 +235,17 @@ def test_load_stack_refuses_duplicate_names(adapters, tiny_model_dir, tmp_path):
     shutil.copytree(adapters["politics"], twin)
     with pytest.raises(PersonaguardError, match="share the name 'politics'"):
         load_stack(tiny_model_dir, [adapters["politics"], str(twin)])
+
+
+def test_merge_refuses_adapters_of_different_base_models(adapters, tmp_path):
+    import shutil
+
+    from personaguard.stack.merge import merge
+
+    other = tmp_path / "other"
+    shutil.copytree(adapters["meeting"], other)
+    info = json.loads((other / "personaguard.json").read_text())
+    (other / "personaguard.json").write_text(json.dumps({**info, "base_model": "someone/other-model"}))
+    with pytest.raises(PersonaguardError, match=r"trained on .* but .*other on 'someone/other-model'") as exc:
+        merge([adapters["politics"], str(other)], "cat", None, tmp_path / "m")
+    assert "\n" not in str(exc.value) and not (tmp_path / "m").exists()

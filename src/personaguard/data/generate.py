@@ -31,7 +31,16 @@ from tqdm import tqdm
 from ..config import GenerateConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, get_guardrail
-from ..schema import NONE_LABEL, Example, append_jsonl, iter_valid_lines, repair_tail, write_jsonl_atomic, write_text_atomic
+from ..schema import (
+    NONE_LABEL,
+    Example,
+    append_jsonl,
+    ensure_dir,
+    iter_valid_lines,
+    repair_tail,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from .pools import Pools, load_pools
 
 SPLITS = ("train", "validation", "test")
@@ -217,8 +226,8 @@ def _check_settings(path: Path, cfg: GenerateConfig) -> None:
 def run(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume) the data set described by `cfg`."""
     guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
-    out = Path(cfg.out_dir) / f"{guardrail.name}_{cfg.variation}"
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(cfg.out_dir, "out_dir")
+    out = ensure_dir(Path(cfg.out_dir) / f"{guardrail.name}_{cfg.variation}", "out_dir")
     _check_settings(out / "generate_config.yaml", cfg)
     raw = out / "examples.jsonl"
     repair_tail(raw)

@@ -22,7 +22,7 @@ from ..config import DEFAULT_MAX_PROMPT_TOKENS, EvaluateConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail, get_guardrail, registry
 from ..metrics import detection_metrics, fmt, read_gate
-from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_jsonl_atomic, write_text_atomic
+from ..schema import NONE_LABEL, Snapshot, ensure_dir, read_jsonl, write_jsonl_atomic, write_text_atomic
 from .predict import gate_rows, group_fields, load_eval_model, predict
 
 
@@ -150,10 +150,19 @@ def run(cfg: EvaluateConfig) -> EvalResult:
     extra = [cfg.guardrails_dir] if cfg.guardrails_dir else None
     labels = set(registry(extra)) | {guardrail.name, NONE_LABEL}
     snaps = read_jsonl(cfg.data, Snapshot, allowed_labels=labels)
+    if not snaps:
+        raise PersonaguardError(f"{cfg.data}: no items (the data file is empty); give a Snapshot JSONL with at least one line")
     if cfg.limit:
         snaps = snaps[: cfg.limit]
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.checkpoints:  # a missing checkpoint must stop us now, not after the whole evaluation
+        from .checkpoints import checkpoint_dirs
+
+        checkpoint_dirs(cfg.adapter, cfg.checkpoints)
+    if Path(cfg.model).expanduser().exists():  # a local folder without config.json fails now, not after out_dir exists
+        from ..models import resolve_model
+
+        resolve_model(cfg.model)
+    out = ensure_dir(cfg.out_dir, "out_dir")
     generative = [s for s in cfg.settings if s in ("none", "adapter", "system_prompt")]
     gate = read_gate(cfg.adapter) if ("adapter_gated" in cfg.settings and cfg.adapter) else None
     dec = cfg.decoding()

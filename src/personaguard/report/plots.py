@@ -19,6 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..errors import PersonaguardError
+from ..schema import ensure_dir
+
 
 def _floats(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
@@ -226,11 +229,20 @@ def stacking_bars(run_dir: Path, out: Path) -> Path | None:
     return dest
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """`run_dir` if it is a run folder (has eval/ or adapters/); a mistyped path must not become a new folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PersonaguardError(f"{run_dir}: run folder not found (expected a pipeline run folder with eval/ or adapters/)")
+    if not ((run_dir / "eval").is_dir() or (run_dir / "adapters").is_dir()):
+        raise PersonaguardError(f"{run_dir}: not a run folder (no eval/ or adapters/ inside); give the pipeline's run folder")
+    return run_dir
+
+
 def run(run_dir: str | Path) -> list[Path]:
     """Write every plot the run folder has data for; returns their paths."""
-    run_dir = Path(run_dir)
-    out = run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir = check_run_dir(run_dir)
+    out = ensure_dir(run_dir / "plots", "plots folder")
     paths = [
         training_curves(run_dir, out),
         checkpoint_curves(run_dir, out),

@@ -170,7 +170,7 @@ def run(run_dir: str | Path) -> tuple[Path, Path]:
     """Plot, then write report.md and report.html into the run folder."""
     from . import plots as plot
 
-    run_dir = Path(run_dir)
+    run_dir = plot.check_run_dir(run_dir)
     plots = plot.run(run_dir)
     rows = collect(run_dir)
     md, page = run_dir / "report.md", run_dir / "report.html"

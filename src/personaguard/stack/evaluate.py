@@ -46,7 +46,7 @@ from ..errors import PersonaguardError
 from ..guardrails import Guardrail
 from ..inference import Decoding
 from ..metrics import TARGET_FALSE, TARGET_KEEP, detection_metrics, fmt, relative_to_single, starts_with_tag, target_margin
-from ..schema import NONE_LABEL, Snapshot, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
+from ..schema import NONE_LABEL, Snapshot, ensure_dir, read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 from .confusion import attribution, confusion, confusion_markdown, subset_table, subsets_markdown
 
 if TYPE_CHECKING:
@@ -241,8 +241,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
         items = data_items(cfg.data, set(members), cfg.per_guardrail, extra_dirs)
     else:
         items = shared_items(cfg.test_data, set(members) | {NONE_LABEL}, cfg.per_guardrail)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(cfg.out_dir, "out_dir")
     double = double_trigger_items(cfg.seed) if cfg.double_trigger else []
     every = items + double
 

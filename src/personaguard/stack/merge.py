@@ -39,6 +39,29 @@ _NEEDS_DENSITY = {"ties", "dare_ties", "dare_linear"}
 _NEEDS_EQUAL_RANKS = {"linear", "ties", "dare_ties", "dare_linear"}  # these combine A and B elementwise
 
 
+def _base_model(adapter_dir, peft_cfg: dict) -> str | None:
+    """The portable base model id (personaguard.json), else the path PEFT recorded."""
+    from ..adapters import read_info
+
+    try:
+        return read_info(adapter_dir).base_model
+    except PersonaguardError:  # a PEFT folder not trained by personaguard
+        return peft_cfg.get("base_model_name_or_path")
+
+
+def _check_same_base(adapter_dirs, configs: list[dict]) -> None:
+    """Deltas trained on different base models do not add up to anything meaningful."""
+    from ..models import same_model
+
+    bases = [_base_model(d, c) for d, c in zip(adapter_dirs, configs)]
+    for d, b in zip(adapter_dirs[1:], bases[1:]):
+        if bases[0] and b and not same_model(bases[0], b):
+            raise PersonaguardError(
+                f"merge: {adapter_dirs[0]} was trained on {bases[0]!r} but {d} on {b!r}; "
+                "only adapters of one base model can be merged"
+            )
+
+
 def _check_merge_args(adapter_dirs, method, weights, density, svd_rank) -> tuple[list[dict], list[float]]:
     if method not in METHOD_HELP:
         raise PersonaguardError(f"merge method '{method}' is not one of {', '.join(METHOD_HELP)}")
@@ -57,6 +80,7 @@ def _check_merge_args(adapter_dirs, method, weights, density, svd_rank) -> tuple
     for d, cfg in zip(adapter_dirs, configs):
         if cfg.get("use_dora"):
             raise PersonaguardError(f"{d}: DoRA adapters cannot be merged (their magnitude vectors do not add up)")
+    _check_same_base(adapter_dirs, configs)
     if method in _NEEDS_EQUAL_RANKS:
         ranks = {str(d): max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()]) for d, cfg in zip(adapter_dirs, configs)}
         if len(set(ranks.values())) > 1:

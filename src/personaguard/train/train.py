@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import TrainConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import get_guardrail
-from ..schema import NONE_LABEL, Example, read_jsonl, write_text_atomic
+from ..schema import NONE_LABEL, Example, ensure_dir, read_jsonl, write_text_atomic
 
 METRIC_COLUMNS = [
     "step",
@@ -436,7 +436,7 @@ def prepare_out_dir(cfg: TrainConfig, out_dir: Path) -> tuple[str, bool]:
                 "overwrite it, choose another out_dir"
             )
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "out_dir")
     run_id = uuid.uuid4().hex[:12]
     write_text_atomic(out_dir / RUN_FILE, json.dumps({"run_id": run_id, "seed": cfg.seed}, indent=2))
     return run_id, False
