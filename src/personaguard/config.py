@@ -386,20 +386,10 @@ class EvaluateConfig(EvaluateOptions):
         return self
 
 
-StackMethod = Literal[
-    "dynamic",
-    "dynamic_gated",
-    "dynamic_agree",
-    "routed",
-    "routed_gated",
-    "routed_joint",
-    "cat",
-    "svd",
-    "linear",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-]
+# stacks made at run time from the loaded members; every other method writes a merged adapter folder
+RUNTIME_STACK_METHODS = ("dynamic", "dynamic_gated", "dynamic_agree", "routed", "routed_gated", "routed_joint")
+MERGE_METHODS = ("cat", "svd", "linear", "ties", "dare_ties", "dare_linear")
+StackMethod = Literal[RUNTIME_STACK_METHODS + MERGE_METHODS]
 # The stack the product uses (pipeline, `stack`, later the server): members trained independently, any
 # subset chosen per request, each member deciding alone so one added member changes no other's decision.
 DEFAULT_STACK_METHOD = "routed"

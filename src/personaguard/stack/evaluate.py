@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ..config import DEFAULT_STACK_METHOD, StackEvalConfig, dump_yaml
+from ..config import DEFAULT_STACK_METHOD, RUNTIME_STACK_METHODS, StackEvalConfig, dump_yaml
 from ..errors import PersonaguardError
 from ..guardrails import Guardrail
 from ..inference import Decoding
@@ -52,14 +52,6 @@ from .confusion import attribution, confusion, confusion_markdown, subset_table,
 if TYPE_CHECKING:
     from .routing import StackCalibration
 
-RUNTIME_METHODS = (
-    "dynamic",
-    "dynamic_gated",
-    "dynamic_agree",
-    "routed",
-    "routed_gated",
-    "routed_joint",
-)  # stacks made at run time; every other method is a merge
 TABLE_KEYS = ("tag_rate", "false_tag_rate", "auroc", "f1")
 
 
@@ -248,7 +240,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     dirs = [cfg.adapters[g] for g in members]
     merges, merged_dirs = {}, {}
     for method in cfg.methods:
-        if method not in RUNTIME_METHODS:
+        if method not in RUNTIME_STACK_METHODS:
             merged_dirs[method], merges[method] = _merged(cfg, method, dirs, out)
     model, tok = load_model(cfg.model, LoadOptions(cfg.device, cfg.precision, cfg.load_in_4bit))
     aware = [cfg.aware_adapters[g] for g in members if g in cfg.aware_adapters]
@@ -261,7 +253,7 @@ def run(cfg: StackEvalConfig) -> StackEvalResult:
     settings = [("none", [])] + [(f"single:{g}", [n]) for g, n in zip(members, member_names)]
     # dynamic_gated and dynamic_agree re-decide the dynamic stack's replies, so they come after them
     methods = sorted(cfg.methods, key=lambda m: m in ("dynamic_gated", "dynamic_agree"))
-    settings += [(m, member_names if m in RUNTIME_METHODS else [merged_names[m]]) for m in methods]
+    settings += [(m, member_names if m in RUNTIME_STACK_METHODS else [merged_names[m]]) for m in methods]
     thresholds = {"routed": {n: None for n in member_names}}
     if "routed_gated" in cfg.methods:
         thresholds["routed_gated"] = dict(zip(member_names, gate_thresholds(dirs)))
