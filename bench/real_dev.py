@@ -1,11 +1,12 @@
 """Guardrails on real conversations: every adapter and the default stack on every label, over seeds.
 
-    python bench/real_dev.py                                  # 3 seeds, the built-in guardrails, quickstart config
+    python bench/real_dev.py                                  # 3 seeds, built-ins + configs/guardrails/religion.yaml
     python bench/real_dev.py --seeds 0 1 2 --guardrails politics expert_opinion meeting --out bench/results/real_dev.json
     python bench/real_dev.py --skip-train --run-root runs/real_dev   # evaluate adapters trained earlier
 
 For each seed it trains one adapter per guardrail with the given config (each alone, data and
-training seeded), evaluates each on the packaged real-chat set (`real-chats-v1`, evaluation only)
+training seeded; the three built-ins and one guardrail defined only in YAML, `religion`, whose data the
+offline backend builds from the file's examples), evaluates each on the packaged real-chat set (`real-chats-v1`, evaluation only)
 together with the embedding-classifier baseline trained on the same synthetic data, then evaluates the
 default stack (`routed`) of all the adapters on the same set, every subset of two or more members
 decided from the same passes. It prints the full confusion (each adapter or stack x every label) and
@@ -54,6 +55,7 @@ def train_and_evaluate(args, seed: int) -> Path:
         f"generate.seed={seed}",
         f"train.seed={seed}",
         f"extra_eval_data=[{DATA}]",
+        f"guardrails_dir={args.guardrails_dir}",
         f"evaluate.settings=[{','.join(settings)}]",
         *args.set,
     ]
@@ -76,6 +78,7 @@ def stack(args, run_dir: Path) -> dict:
             "out_dir": str(run_dir / "stacks_real"),
             "methods": ["routed"],
             "per_guardrail": args.per_label,
+            "guardrails_dir": args.guardrails_dir,
             **{k.split("=", 1)[0].removeprefix("evaluate."): v for k, v in _stack_overrides(args).items()},
         },
         "bench/real_dev.py (stack)",
@@ -153,7 +156,8 @@ def print_seed(seed: int, res: dict) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--guardrails", nargs="+", default=["politics", "expert_opinion", "meeting"])
+    ap.add_argument("--guardrails", nargs="+", default=["politics", "expert_opinion", "meeting", "religion"])
+    ap.add_argument("--guardrails-dir", default="configs/guardrails", help="folder of user guardrail YAML files")
     ap.add_argument(
         "--config", default="configs/quickstart.yaml", help="pipeline config whose generate/train/evaluate sections are used"
     )

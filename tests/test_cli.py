@@ -179,3 +179,19 @@ def test_ctrl_c_exits_130_with_one_line_on_what_was_kept(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().split("\r")[-1].splitlines()[-1].startswith("interrupted: files written so far are kept")
+
+
+def test_guardrails_new_from_flags_then_generate_offline(tmp_path):
+    env = {**__import__("os").environ, "PERSONAGUARD_HOME": str(tmp_path / "home")}
+    examples = [f"Do you believe in thing {i}?" for i in range(7)]
+    args = ["guardrails", "new", "religion", "--trigger", "asks about faith", "--resolution", "decline kindly"]
+    args += [a for e in examples for a in ("-e", e)] + ["-n", "my church has a bake sale"]
+    res = _cli(*args, env=env, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    assert "7 examples (2 held out for the test split): enough to train" in res.stdout
+    assert "--set 'guardrails=[religion]'" in res.stdout
+    assert (tmp_path / "home" / "guardrails" / "religion.yaml").is_file()
+    res = _cli("generate", "--guardrail", "religion", "--n", "24", "--out-dir", str(tmp_path / "data"), env=env)
+    assert res.returncode == 0, res.stderr
+    missing = _cli("guardrails", "new", "other", env=env, stdin=subprocess.DEVNULL)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: guardrails new: --trigger is required (no terminal to ask on)"

@@ -1,7 +1,14 @@
 import pytest
 
 from personaguard.errors import PersonaguardError
-from personaguard.guardrails import add_guardrail, get_guardrail, load_guardrail_file, registry
+from personaguard.guardrails import (
+    add_guardrail,
+    examples_advice,
+    get_guardrail,
+    load_guardrail_file,
+    new_guardrail,
+    registry,
+)
 
 
 def test_builtins_present():
@@ -60,3 +67,54 @@ def test_broken_user_file_is_skipped_with_warning_unless_asked_for(tmp_path, pg_
     assert get_guardrail("politics", [d]).name == "politics"
     with pytest.raises(PersonaguardError, match=r"broken\.yaml: not valid YAML"):
         get_guardrail("broken", [d])
+
+
+RELIGION = dict(
+    trigger="The user asks about the persona's religious beliefs.",
+    resolution="Keep beliefs private and change the subject.",
+    examples=[f"Do you believe in thing number {i}?" for i in range(8)],
+    near_misses=["my church has a bake sale", "oh my god I spilled my tea"],
+)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("examples: [hi there, '  ']\n", "field 'examples': item 2 is empty"),
+        ("examples: ['Do you pray?', 'do you  PRAY?']\n", "item 2 repeats an earlier one"),
+        ("examples: ['Do you pray?']\nnear_misses: ['do you pray?']\n", "is both an example and a near-miss"),
+        ("examples: Do you pray?\n", "field 'examples': Input should be a valid list"),
+        ("near_misses: [{text: x}]\n", "field 'near_misses.0'"),
+    ],
+)
+def test_bad_example_fields_are_one_line_errors(tmp_path, text, needle):
+    f = tmp_path / "g.yaml"
+    f.write_text("name: religion\ntrigger: asks about faith\nresolution: decline kindly\n" + text)
+    with pytest.raises(PersonaguardError) as exc:
+        load_guardrail_file(f)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_new_guardrail_writes_a_valid_file_and_refuses_builtin_and_existing(pg_home):
+    dest, g = new_guardrail("religion", **RELIGION)
+    assert dest == pg_home / "guardrails" / "religion.yaml"
+    again = get_guardrail("religion")
+    assert again.examples == RELIGION["examples"] and again.near_misses == RELIGION["near_misses"]
+    assert "8 examples (2 held out" in examples_advice(g)
+    with pytest.raises(PersonaguardError, match="already exists"):
+        new_guardrail("religion", **RELIGION)
+    with pytest.raises(PersonaguardError, match="'politics' is a built-in guardrail"):
+        new_guardrail("politics", **RELIGION)
+
+
+def test_too_few_examples_is_said_and_refused_offline(pg_home, tmp_path):
+    from personaguard.config import GenerateConfig
+    from personaguard.data import generate
+
+    few = {**RELIGION, "examples": RELIGION["examples"][:3]}
+    dest, g = new_guardrail("few", **few)
+    assert examples_advice(g).startswith("3 examples: too few for the offline backend (needs 6")
+    out = tmp_path / "data"
+    with pytest.raises(PersonaguardError, match=r"guardrail 'few': the offline backend needs at least 6 `examples`"):
+        generate.run(GenerateConfig(guardrail="few", n=20, out_dir=str(out)))
+    assert not out.exists()  # refused before any folder is made

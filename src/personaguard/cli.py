@@ -277,6 +277,51 @@ def guardrails_add(file: Path):
     typer.echo(f"added {add_guardrail(file)}")
 
 
+@guardrails_app.command("new")
+def guardrails_new(
+    name: str = typer.Argument(..., help="Name: lowercase letters, digits and '_' (e.g. no_religion)."),
+    trigger: Optional[str] = typer.Option(None, help="When it fires, in a sentence (asked for when omitted)."),
+    resolution: Optional[str] = typer.Option(None, help="How the persona answers then (asked for when omitted)."),
+    example: Optional[list[str]] = typer.Option(None, "--example", "-e", help="A message that must trigger it (repeatable)."),
+    near_miss: Optional[list[str]] = typer.Option(None, "--near-miss", "-n", help="A similar message that must not (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of the user guardrail folder."),
+):
+    """Scaffold a guardrail file: trigger, resolution, examples and near-misses; validates it and says
+    whether the examples are enough to train offline. Without --example (on a terminal) it asks for
+    examples one per line, an empty line ending the list."""
+    from .guardrails import examples_advice, new_guardrail
+
+    interactive = sys.stdin.isatty()
+    if trigger is None:
+        if not interactive:
+            raise PersonaguardError("guardrails new: --trigger is required (no terminal to ask on)")
+        trigger = typer.prompt("Trigger (when should it fire?)")
+    if resolution is None:
+        if not interactive:
+            raise PersonaguardError("guardrails new: --resolution is required (no terminal to ask on)")
+        resolution = typer.prompt("Resolution (how should the persona answer?)")
+    examples, near = list(example or []), list(near_miss or [])
+    if not examples and interactive:
+        examples = _ask_lines("Messages that must trigger it, as users would write them (empty line ends)")
+        near = near or _ask_lines("Similar messages that must NOT trigger it (empty line ends)")
+    dest, g = new_guardrail(name, trigger, resolution, examples, near, out)
+    typer.echo(f"wrote {dest}")
+    typer.echo(examples_advice(g))
+    dir_hint = f" --set guardrails_dir={dest.parent}" if out else ""
+    typer.echo(
+        f"train and evaluate it: personaguard pipeline --config configs/quickstart.yaml --set 'guardrails=[{g.name}]'"
+        f"{dir_hint} --set run_dir=runs/{g.name}"
+    )
+
+
+def _ask_lines(title: str) -> list[str]:
+    typer.echo(title + ":")
+    lines = []
+    while line := typer.prompt("", default="", show_default=False, prompt_suffix="> ").strip():
+        lines.append(line)
+    return lines
+
+
 @config_app.command("show")
 def config_show(stage: str = typer.Argument(..., help="pipeline | generate | train | train-joint | evaluate | stack")):
     """Print every field of STAGE's config with its default and description."""

@@ -73,6 +73,14 @@ class GenerateOptions(_Strict):
         description="Share of hard negatives taken from the other guardrails' near-miss pools (they are "
         "neutral for every guardrail), so stacked adapters do not fire on each other's near-misses.",
     )
+    compound_trigger_share: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="Share of triggering examples whose turn also carries another guardrail's trigger (tagged: "
+        "this guardrail's trigger is there). Cross-negatives alone teach 'the other topic means no tag', and a "
+        "stack then misses messages that trigger two guardrails at once.",
+    )
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Validation share.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share (drawn from held-out pool items).")
     seed: int = Field(0, description="Seed: the same seed gives the same data.")

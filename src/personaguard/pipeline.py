@@ -70,6 +70,7 @@ def _unit(cfg: PipelineConfig, guardrail: str, source: str, variation: str | Non
         gen_fields["variation"] = variation
     if cfg.joint_training:
         gen_fields["cross_negative_share"] = 0.0  # joint training turns the members' triggers into each other's negatives
+        gen_fields["compound_trigger_share"] = 0.0  # ...so a row holding two members' triggers would be a negative for one
     g = build(GenerateConfig, gen_fields, f"{source} (generate)")
     name = f"{stem}_{variation}" if variation else stem
     data_dir = run_dir / "data" / f"{stem}_{g.variation}"

@@ -133,7 +133,7 @@ def test_mixed_turns_bury_the_message_among_everyday_lines():
     pools = load_pools()
     trig = {m["text"] for m in pools.triggers["politics"].messages}
     everyday = {x["text"] for x in pools.neutral}
-    rows = _memory_rows(n=200, mixed_turn_share=1.0, multi_message_share=0.0, continuation_share=0.0)
+    rows = _memory_rows(n=200, mixed_turn_share=1.0, multi_message_share=0.0, continuation_share=0.0, compound_trigger_share=0.0)
     for r in rows:
         lines = r["message"].split("\n")
         assert any(line in everyday for line in lines), r["message"]  # one line is an everyday one-liner
@@ -141,8 +141,25 @@ def test_mixed_turns_bury_the_message_among_everyday_lines():
             assert "\n".join(lines[1:]) in trig or "\n".join(lines[:-1]) in trig, r["message"]
     first = {r["message"].split("\n")[0] in everyday for r in rows if r["label"] == "politics"}
     assert first == {True, False}  # the trigger sits after the everyday line in some turns, before it in others
-    plain = _memory_rows(n=200, mixed_turn_share=0.0, multi_message_share=0.0, continuation_share=0.0)
+    plain = _memory_rows(n=200, mixed_turn_share=0.0, multi_message_share=0.0, continuation_share=0.0, compound_trigger_share=0.0)
     assert all(r["message"] in trig for r in plain if r["label"] == "politics")
+
+
+def test_compound_triggers_carry_own_and_another_trigger_and_are_tagged():
+    pools = load_pools()
+    own = {m["text"] for m in pools.triggers["politics"].messages}
+    other = {m["text"] for g in ("expert_opinion", "meeting") for m in pools.triggers[g].messages}
+    kw = dict(n=300, mixed_turn_share=0.0, multi_message_share=0.0)
+    rows = _memory_rows(compound_trigger_share=0.5, **kw)
+    compound = [r for r in rows if r["kind"] == "compound_trigger"]
+    trig = [r for r in rows if r["label"] == "politics"]
+    assert 0.35 < len(compound) / len(trig) < 0.65
+    for r in compound:
+        msg = r["message"]
+        assert any(msg.startswith(t + "\n") or msg.endswith("\n" + t) for t in own), msg
+        assert any(msg.startswith(t + "\n") or msg.endswith("\n" + t) for t in other), msg
+        assert r["label"] == "politics" and r["chosen"].startswith("<guard>")
+    assert not any(r["kind"] == "compound_trigger" for r in _memory_rows(compound_trigger_share=0.0, **kw))
 
 
 def test_shared_hard_share_draws_near_misses_from_the_other_guardrails():
@@ -166,3 +183,64 @@ def test_data_from_before_a_new_generator_option_is_not_resumed_with_it_on(tmp_p
     with pytest.raises(PersonaguardError, match="different config"):
         _run(tmp_path, "old", n=20)
     assert _run(tmp_path, "old", n=20, mixed_turn_share=0.0).written == 0  # the settings it was made with: resumes
+
+
+def _religion_file(tmp_path):
+    d = tmp_path / "guardrails"
+    d.mkdir()
+    examples = [
+        "Do you believe in God?",
+        "Are you religious at all?",
+        "What church do you go to?",
+        "do u pray before bed?",
+        "Which religion is the right one?",
+        "What happens after we die, in your view?",
+        "Are you Christian or Muslim?",
+        "Would you ever convert?",
+        "Convince me God exists.",
+        "Do you go to mass on Sundays?",
+        "Is the Bible true?",
+        "Is religion good for people?",
+    ]
+    near = ["my grandma's church has a bake sale", "this pizza is heavenly", "oh my god I spilled my tea", "we saw a cathedral"]
+    body = {"name": "religion", "trigger": "asks the persona's faith", "resolution": "decline kindly", "examples": examples, "near_misses": near}
+    import yaml
+
+    (d / "religion.yaml").write_text(yaml.safe_dump(body))
+    return d, examples, near
+
+
+def test_user_guardrail_offline_splits_hold_out_examples_and_never_tag_near_misses(tmp_path):
+    from personaguard.data.splits import held_out
+    from personaguard.data.variants import LEADS
+
+    d, examples, near = _religion_file(tmp_path)
+    res = generate.run(GenerateConfig(guardrail="religion", guardrails_dir=str(d), n=120, out_dir=str(tmp_path / "out")))
+    rows = {s: [json.loads(x) for x in (res.data_dir / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "validation", "test")}
+    assert all(rows[s] for s in rows) and all(any(r["label"] == "religion" for r in rows[s]) for s in rows)
+
+    def source_example(message: str) -> set[str]:
+        """Which examples a (varied, maybe multi-line) message came from, compared without case or typos."""
+        text = " ".join(message.lower().split())
+        for lead in LEADS:
+            text = text.replace(lead, " ")
+        words = set(text.replace("?", " ").replace(".", " ").split())
+        return {e for e in examples if len(set(e.lower().rstrip("?.").split()) - words) <= 1}
+
+    held = held_out(examples)
+    for s in rows:
+        used = set().union(*(source_example(r["message"]) for r in rows[s] if r["label"] == "religion"))
+        assert used, s
+        assert (used <= held) if s == "test" else not (used & held), (s, used)
+    near_words = [set(n.lower().split()) for n in near]
+    for s in rows:
+        for r in rows[s]:
+            if r["label"] == "religion":
+                assert not any(len(w - set(r["message"].lower().split())) <= 1 for w in near_words), r["message"]
+                assert r["chosen"].startswith("<guard>") and not r["rejected"].startswith("<guard>")
+            else:
+                assert not r["chosen"].startswith("<guard>")
+    kinds = {r["kind"] for s in rows for r in rows[s] if r["label"] == "none"}
+    assert {"cross_negative", "hard_negative"} <= kinds
+    card = (res.data_dir / "README.md").read_text()
+    assert "## Against the guardrail file's examples" in card and "near copies" in card

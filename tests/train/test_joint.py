@@ -193,7 +193,7 @@ def test_joint_config_refuses_what_it_cannot_do(member_dirs, tmp_path, tiny_mode
     write_jsonl_atomic(
         member_dirs["meeting"] / "train.jsonl", _examples("meeting", "Coffee tomorrow?", 8, "m-tr", kind="cross_negative")
     )
-    with pytest.raises(PersonaguardError, match="cross_negative rows"):
+    with pytest.raises(PersonaguardError, match="cross_negative/compound_trigger rows"):
         train_joint.run(_config(member_dirs, tmp_path, tiny_model_dir, max_steps=1))
 
 

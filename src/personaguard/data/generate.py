@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from ..config import GenerateConfig, dump_yaml
 from ..errors import PersonaguardError
-from ..guardrails import Guardrail, get_guardrail
+from ..guardrails import MIN_OFFLINE_EXAMPLES, RECOMMENDED_EXAMPLES, Guardrail, get_guardrail
 from ..schema import (
     NONE_LABEL,
     Example,
@@ -41,7 +42,8 @@ from ..schema import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from .pools import Pools, load_pools
+from .pools import Pools, load_pools, user_pool
+from .variants import vary
 
 SPLITS = ("train", "validation", "test")
 # Fields that steer how a run goes but not what it produces: they may change between resumes
@@ -51,7 +53,13 @@ COUNT_FIELDS = ("written", "invalid", "duplicates", "failed_requests", "skipped"
 # Data-shaping fields added after the first release: a saved config without one was generated
 # before it existed, i.e. with it off. Reading the absence as the new default would let a resume
 # append new-style rows to old-style data.
-LEGACY_OFF = {"continuation_share": 0.0, "multi_message_share": 0.0, "mixed_turn_share": 0.0, "shared_hard_share": 0.0}
+LEGACY_OFF = {
+    "continuation_share": 0.0,
+    "multi_message_share": 0.0,
+    "mixed_turn_share": 0.0,
+    "shared_hard_share": 0.0,
+    "compound_trigger_share": 0.0,
+}
 
 
 @dataclass
@@ -90,14 +98,15 @@ class OfflineGenerator:
     """Deterministic snapshot + reply composer over one side of the pools."""
 
     def __init__(self, guardrail: Guardrail, cfg: GenerateConfig, pools: Pools, split: str):
-        if guardrail.name not in pools.triggers:
-            raise PersonaguardError(
-                f"guardrail '{guardrail.name}': the offline backend has message pools only for "
-                f"{', '.join(sorted(pools.triggers))}; add pools/triggers/{guardrail.name}.json or use an LLM backend"
-            )
         self.g, self.cfg, self.split = guardrail, cfg, split
         self.p = pools.side(test=split == "test")
-        self.own = self.p.triggers[guardrail.name]
+        # a guardrail defined only in YAML: its examples and near-misses stand in for the packaged pools
+        self.user_defined = guardrail.name not in pools.triggers
+        if self.user_defined:
+            check_offline_examples(guardrail, sorted(pools.triggers))
+            self.own, self.p.hard[guardrail.name] = user_pool(guardrail, test=split == "test")
+        else:
+            self.own = self.p.triggers[guardrail.name]
         self.others = [t for name, t in sorted(self.p.triggers.items()) if name != guardrail.name]
         self.fixed_persona, self.fixed_history = fixed_parts(cfg, self.p, split)
         self.orders = {}  # per-pool permutations: messages are used without replacement, then cycled
@@ -132,6 +141,13 @@ class OfflineGenerator:
         kind = "trigger"
         if triggering:
             message = self._nth("trigger", self.own.messages, i)["text"]
+            if self.user_defined:
+                message = vary(message, rng)
+            if self.others and rng.random() < self.cfg.compound_trigger_share:
+                # another guardrail's trigger in the same turn: still this guardrail's (see compound_trigger_share)
+                kind = "compound_trigger"
+                other = self._nth(f"compound{i % len(self.others)}", self.others[i % len(self.others)].messages, i)["text"]
+                message = f"{message}\n{other}" if rng.random() < 0.5 else f"{other}\n{message}"
             chosen = f"{tag} {self._decline(rng, self.own, persona)}"
             rejected = rng.choice(self.own.engaging_replies)
         else:
@@ -148,6 +164,8 @@ class OfflineGenerator:
                 else:
                     item = self._nth("hard", self.p.hard[self.g.name], i)
                 message, chosen = item["text"], item["reply"]
+                if item.get("style") == "user_near_miss":
+                    message = vary(message, rng)  # same surface variety as the examples: it must carry no signal
             elif (
                 r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
                 and self.long_histories
@@ -202,6 +220,17 @@ class OfflineGenerator:
         return " ".join(parts)
 
 
+def check_offline_examples(g: Guardrail, packaged: list[str]) -> None:
+    """A guardrail without packaged pools needs enough `examples` for the offline backend."""
+    if len(g.examples) < MIN_OFFLINE_EXAMPLES:
+        raise PersonaguardError(
+            f"guardrail '{g.name}': the offline backend needs at least {MIN_OFFLINE_EXAMPLES} `examples` in its YAML file "
+            f"(it has {len(g.examples)}; {RECOMMENDED_EXAMPLES[0]}-{RECOMMENDED_EXAMPLES[1]} recommended, see "
+            f"`personaguard guardrails new`), or use an LLM backend (--set backend=openai); packaged pools exist only "
+            f"for {', '.join(packaged)}"
+        )
+
+
 def _triggering(cfg: GenerateConfig, split: str, i: int, size: int) -> bool:
     """Exactly round(size * trigger_share) triggering items per split, interleaved."""
     n_trig = round(size * cfg.trigger_share)
@@ -226,6 +255,9 @@ def _check_settings(path: Path, cfg: GenerateConfig) -> None:
 def run(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume) the data set described by `cfg`."""
     guardrail = get_guardrail(cfg.guardrail, [cfg.guardrails_dir] if cfg.guardrails_dir else None)
+    pools = load_pools()
+    if cfg.backend == "offline" and guardrail.name not in pools.triggers:
+        check_offline_examples(guardrail, sorted(pools.triggers))  # before any folder is made
     ensure_dir(cfg.out_dir, "out_dir")
     out = ensure_dir(Path(cfg.out_dir) / f"{guardrail.name}_{cfg.variation}", "out_dir")
     _check_settings(out / "generate_config.yaml", cfg)
@@ -233,7 +265,6 @@ def run(cfg: GenerateConfig) -> GenerateResult:
     repair_tail(raw)
     on_disk = list(iter_valid_lines(raw))
     done = {row["id"] for row in on_disk if "id" in row}
-    pools = load_pools()
     sizes = split_sizes(cfg)
     todo = [(example_id(guardrail, cfg, s, i), s, i, _triggering(cfg, s, i, sizes[s])) for s in SPLITS for i in range(sizes[s])]
     todo = [t for t in todo if t[0] not in done]
@@ -295,6 +326,31 @@ def _add_totals(path: Path, result: GenerateResult) -> dict[str, int]:
     return totals
 
 
+def _tokens(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def seed_overlap_lines(g: Guardrail, rows: dict[str, list[dict]]) -> list[str]:
+    """How diverse the triggering messages are and how close they stay to the user's examples.
+
+    Token Jaccard to the nearest example: 1.0 is a copy; offline rows are variants of the examples
+    (high by construction), a teacher's rows should be new situations (low). Distinct-2 is the share
+    of distinct word bigrams among all bigrams of the split's triggering messages."""
+    out = ["| split | triggering messages | distinct messages | distinct-2 | mean overlap | near copies (>= 0.8) |", "|---|---|---|---|---|---|"]
+    seeds = [_tokens(e) for e in g.examples]
+    for s in SPLITS:
+        msgs = [r["message"] for r in rows[s] if r["label"] != NONE_LABEL]
+        if not msgs:
+            continue
+        bigrams = [tuple(w) for m in msgs for w in zip(m.lower().split(), m.lower().split()[1:])]
+        overlap = [max(len(t & e) / max(1, len(t | e)) for e in seeds) for t in map(_tokens, msgs)]
+        out.append(
+            f"| {s} | {len(msgs)} | {len(set(msgs))} | {len(set(bigrams)) / max(1, len(bigrams)):.2f} | "
+            f"{sum(overlap) / len(overlap):.2f} | {sum(o >= 0.8 for o in overlap) / len(overlap):.2f} |"
+        )
+    return out
+
+
 def dataset_card(
     g: Guardrail, cfg: GenerateConfig, rows: dict[str, list[dict]], result: GenerateResult, totals: dict[str, int]
 ) -> str:
@@ -323,6 +379,8 @@ def dataset_card(
     shown = COUNT_FIELDS if cfg.backend == "openai" else ("written",)  # the rest stay 0 offline
     lines += [f"| {name} | {getattr(result, name)} | {totals[name]} |" for name in shown]
     lines += [f"| runs | 1 | {totals['runs']} |"]
+    if g.examples:
+        lines += ["", "## Against the guardrail file's examples", "", *seed_overlap_lines(g, rows)]
     lines += ["", "## Sample rows", ""]
     for r in rows["train"][:5]:
         lines.append("```json\n" + json.dumps(r, ensure_ascii=False, indent=1) + "\n```")

@@ -7,21 +7,14 @@ that no training example uses, whatever seeds different runs pick.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
 from ..errors import PersonaguardError
+from .splits import TEST_SHARE, held_out, is_test_item  # noqa: F401 (re-exported)
 from .teacher_prompts import normalise_message
-
-TEST_SHARE = 0.2
-
-
-def is_test_item(text: str, share: float = TEST_SHARE) -> bool:
-    h = int(hashlib.sha1(text.strip().lower().encode("utf-8")).hexdigest()[:8], 16)
-    return (h % 10_000) < share * 10_000
 
 
 @dataclass
@@ -94,6 +87,26 @@ def add_contrast(triggers: dict[str, TriggerPool], hard: dict[str, list[dict]], 
             if normalise_message(p["trigger"]) not in seen:  # a few pairs reuse a plain trigger as their half
                 triggers[g].messages.append({"text": p["trigger"], **meta, "contrast": True})
             hard.setdefault(g, []).append({"text": p["neutral"], "reply": p["reply"], "style": p["style"], "contrast": True})
+
+
+@lru_cache(maxsize=1)
+def generic_replies() -> dict[str, list[str]]:
+    return {k: v for k, v in _read("generic.json").items() if not k.startswith("_")}
+
+
+def user_pool(g, test: bool) -> tuple[TriggerPool, list[dict]]:
+    """Trigger pool and near-miss negatives for a guardrail defined only in YAML (its examples).
+
+    The held-out examples form the test side alone; near-misses are split by text hash like every
+    pool item. Replies come from the guardrail file (`replies`) or the generic pool."""
+    generic = generic_replies()
+    test_ex = held_out(g.examples)
+    messages = [{"text": t, "style": "user_example"} for t in g.examples if (t in test_ex) == test]
+    near = [x for x in g.near_misses if is_test_item(x) == test]
+    replies = generic["neutral_replies"]
+    hard = [{"text": t, "reply": replies[i % len(replies)], "style": "user_near_miss"} for i, t in enumerate(near)]
+    pool = TriggerPool(messages, generic["engaging_replies"], g.replies or generic["decline_lines"], generic["redirects"])
+    return pool, hard
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ..config import GenerateConfig
 from ..guardrails import Guardrail, format_validation_error
 from ..schema import NONE_LABEL, Example
+from .splits import held_out
 
 _STR = {"type": "string"}
 _STR_LIST = {"type": "array", "items": _STR}
@@ -82,6 +83,7 @@ KIND_TEXT = {
         "a near miss: it touches a nearby subject or uses related words, but does not fall under 'when it applies'"
     ),
     "cross_negative": "it falls under this other situation: {other}; but not under 'when it applies'",
+    "compound_trigger": "it clearly falls under 'when it applies' AND, in the same message, also under this other situation: {other}",
 }
 
 
@@ -105,10 +107,12 @@ class Job:
 
 def plan_kind(cfg: GenerateConfig, job: Job, others: list[Guardrail]) -> None:
     """Pick the neutral sub-kind as the offline backend does: a pure function of (seed, split, i)."""
-    if job.triggering:
-        return
     rng = random.Random(f"{cfg.seed}-{job.split}-{job.i}-kind")
     r = rng.random()
+    if job.triggering:
+        if others and r < cfg.compound_trigger_share:
+            job.kind, job.other_trigger = "compound_trigger", others[job.i % len(others)].trigger
+        return
     if others and r < cfg.cross_negative_share:
         job.kind, job.other_trigger = "cross_negative", others[job.i % len(others)].trigger
     elif r < cfg.cross_negative_share + cfg.hard_negative_share:
@@ -174,9 +178,32 @@ def build_messages(g: Guardrail, cfg: GenerateConfig, job: Job, fixed_persona: d
         else f"- memories: exactly {n_mem} short fact{'s' if n_mem > 1 else ''} the character remembers about the user.",
         f"- history: {history}.",
     ]
+    lines += seed_lines(g, job, rng)
     if job.avoid:
         lines.append("- the message must differ from these earlier ones: " + json.dumps(job.avoid[-5:], ensure_ascii=False))
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def seed_lines(g: Guardrail, job: Job, rng: random.Random) -> list[str]:
+    """The user's own examples (or near-misses) as seeds: a few per request, so the teacher writes new
+    situations in the same spirit instead of one stock phrasing. Held-out examples never seed
+    training rows (they are the test split's measure of generalisation)."""
+    out = [f"- notes from the rule's author: {g.notes}"] if g.notes else []
+    held = held_out(g.examples)
+    if job.triggering and g.examples:
+        pool = g.examples if job.split == "test" else [e for e in g.examples if e not in held]
+        picks = rng.sample(pool, k=min(3, len(pool)))
+        out.append(
+            "- messages the rule's author says fall under it (write a NEW message in a new situation, do not copy or "
+            "lightly reword these): " + json.dumps(picks, ensure_ascii=False)
+        )
+    elif job.kind == "hard_negative" and g.near_misses:
+        picks = rng.sample(g.near_misses, k=min(3, len(g.near_misses)))
+        out.append(
+            "- near misses the rule's author says must NOT trigger it (write a new one of this sort, do not copy): "
+            + json.dumps(picks, ensure_ascii=False)
+        )
+    return out
 
 
 def parse_example(

@@ -117,11 +117,11 @@ def _rows(cfg: TrainConfig, split: str, index: dict[str, int], required: bool) -
     rows = read_jsonl(path, Example, allowed_labels={NONE_LABEL, *index})
     if required and not rows:
         raise PersonaguardError(f"{path}: no training examples")
-    cross = sum(getattr(r, "kind", None) == "cross_negative" for r in rows)
+    cross = sum(getattr(r, "kind", None) in ("cross_negative", "compound_trigger") for r in rows)
     if cross:
         raise PersonaguardError(
-            f"{path}: {cross} cross_negative rows; joint training makes its own cross-negatives from the "
-            "members' triggers, so generate this data with cross_negative_share 0"
+            f"{path}: {cross} cross_negative/compound_trigger rows; joint training makes its own cross-negatives from "
+            "the members' triggers, so generate this data with cross_negative_share 0 and compound_trigger_share 0"
         )
     return [(r, index.get(r.label, -1)) for r in rows]
 
