@@ -194,4 +194,7 @@ def test_guardrails_new_from_flags_then_generate_offline(tmp_path):
     res = _cli("generate", "--guardrail", "religion", "--n", "24", "--out-dir", str(tmp_path / "data"), env=env)
     assert res.returncode == 0, res.stderr
     missing = _cli("guardrails", "new", "other", env=env, stdin=subprocess.DEVNULL)
-    assert missing.returncode == 2 and missing.stderr.strip() == "error: guardrails new: --trigger is required (no terminal to ask on)"
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == "error: guardrails new: --trigger is required (no terminal to ask on)"
+    )

@@ -283,7 +283,9 @@ def guardrails_new(
     trigger: Optional[str] = typer.Option(None, help="When it fires, in a sentence (asked for when omitted)."),
     resolution: Optional[str] = typer.Option(None, help="How the persona answers then (asked for when omitted)."),
     example: Optional[list[str]] = typer.Option(None, "--example", "-e", help="A message that must trigger it (repeatable)."),
-    near_miss: Optional[list[str]] = typer.Option(None, "--near-miss", "-n", help="A similar message that must not (repeatable)."),
+    near_miss: Optional[list[str]] = typer.Option(
+        None, "--near-miss", "-n", help="A similar message that must not (repeatable)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of the user guardrail folder."),
 ):
     """Scaffold a guardrail file: trigger, resolution, examples and near-misses; validates it and says

@@ -203,7 +203,13 @@ def _religion_file(tmp_path):
         "Is religion good for people?",
     ]
     near = ["my grandma's church has a bake sale", "this pizza is heavenly", "oh my god I spilled my tea", "we saw a cathedral"]
-    body = {"name": "religion", "trigger": "asks the persona's faith", "resolution": "decline kindly", "examples": examples, "near_misses": near}
+    body = {
+        "name": "religion",
+        "trigger": "asks the persona's faith",
+        "resolution": "decline kindly",
+        "examples": examples,
+        "near_misses": near,
+    }
     import yaml
 
     (d / "religion.yaml").write_text(yaml.safe_dump(body))
@@ -216,7 +222,10 @@ def test_user_guardrail_offline_splits_hold_out_examples_and_never_tag_near_miss
 
     d, examples, near = _religion_file(tmp_path)
     res = generate.run(GenerateConfig(guardrail="religion", guardrails_dir=str(d), n=120, out_dir=str(tmp_path / "out")))
-    rows = {s: [json.loads(x) for x in (res.data_dir / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "validation", "test")}
+    rows = {
+        s: [json.loads(x) for x in (res.data_dir / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("train", "validation", "test")
+    }
     assert all(rows[s] for s in rows) and all(any(r["label"] == "religion" for r in rows[s]) for s in rows)
 
     def source_example(message: str) -> set[str]:

@@ -336,7 +336,10 @@ def seed_overlap_lines(g: Guardrail, rows: dict[str, list[dict]]) -> list[str]:
     Token Jaccard to the nearest example: 1.0 is a copy; offline rows are variants of the examples
     (high by construction), a teacher's rows should be new situations (low). Distinct-2 is the share
     of distinct word bigrams among all bigrams of the split's triggering messages."""
-    out = ["| split | triggering messages | distinct messages | distinct-2 | mean overlap | near copies (>= 0.8) |", "|---|---|---|---|---|---|"]
+    out = [
+        "| split | triggering messages | distinct messages | distinct-2 | mean overlap | near copies (>= 0.8) |",
+        "|---|---|---|---|---|---|",
+    ]
     seeds = [_tokens(e) for e in g.examples]
     for s in SPLITS:
         msgs = [r["message"] for r in rows[s] if r["label"] != NONE_LABEL]
