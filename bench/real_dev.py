@@ -6,9 +6,10 @@
 
 For each seed it trains one adapter per guardrail with the given config (each alone, data and
 training seeded; the three built-ins and one guardrail defined only in YAML, `religion`, whose data the
-offline backend builds from the file's examples), evaluates each on the packaged real-chat set (`real-chats-v1`, evaluation only)
+offline backend builds from the file's examples), evaluates each on the packaged real-chat sets (`real-chats-v1`, and `real-religion-v1` for the
+religion guardrail's own trigger and near-misses; evaluation only)
 together with the embedding-classifier baseline trained on the same synthetic data, then evaluates the
-default stack (`routed`) of all the adapters on the same set, every subset of two or more members
+default stack (`routed`) of all the adapters on the same sets, every subset of two or more members
 decided from the same passes. It prints the full confusion (each adapter or stack x every label) and
 the pass/fail of the targets; the last line is the count of targets met. The result goes to a JSON file.
 
@@ -27,17 +28,27 @@ import time
 from pathlib import Path
 
 OWN, NEUTRAL, OTHER = 0.95, 0.03, 0.05
-DATA = "real-chats-v1"
+DATA = ("real-chats-v1", "real-religion-v1")  # the second judges the YAML-only guardrail `religion`
+
+
+def merge_labels(per_set: dict[str, dict]) -> dict:
+    """{set: {label: x}} -> one row: labels of the first set keep their names, a later set's label
+    that is already there gets "@set" ("none@real-religion-v1"), so no rate is averaged across sets."""
+    out: dict = {}
+    for i, (name, row) in enumerate(per_set.items()):
+        for lab, v in row.items():
+            out[lab if i == 0 or lab not in out else f"{lab}@{name}"] = v
+    return out
 
 
 def single_checks(per_label: dict, guardrail: str, f1: float | None, baseline_f1: float | None) -> dict:
     """The single-adapter targets on one adapter's real-chat confusion row."""
     own = per_label.get(guardrail, {}).get("tag_rate")
-    neutral = per_label.get("none", {}).get("tag_rate")
-    others = {lab: v["tag_rate"] for lab, v in per_label.items() if lab not in (guardrail, "none")}
+    neutral = {lab: v["tag_rate"] for lab, v in per_label.items() if lab.split("@")[0] == "none"}
+    others = {lab: v["tag_rate"] for lab, v in per_label.items() if lab != guardrail and lab not in neutral}
     return {
         "own": None if own is None else own >= OWN,
-        "neutral": None if neutral is None else neutral <= NEUTRAL,
+        **{"neutral" + lab.removeprefix("none"): None if rate is None else rate <= NEUTRAL for lab, rate in neutral.items()},
         **{f"other:{lab}": rate <= OTHER for lab, rate in others.items() if rate is not None},
         "f1_over_embedding": None if f1 is None or baseline_f1 is None else f1 > baseline_f1,
     }
@@ -54,7 +65,7 @@ def train_and_evaluate(args, seed: int) -> Path:
         f"run_dir={run_dir}",
         f"generate.seed={seed}",
         f"train.seed={seed}",
-        f"extra_eval_data=[{DATA}]",
+        f"extra_eval_data=[{','.join(DATA)}]",
         f"guardrails_dir={args.guardrails_dir}",
         f"evaluate.settings=[{','.join(settings)}]",
         *args.set,
@@ -66,25 +77,29 @@ def train_and_evaluate(args, seed: int) -> Path:
 
 
 def stack(args, run_dir: Path) -> dict:
+    """The default stack of all the adapters on each real-chat set: {set: stack_metrics}."""
     from personaguard.config import StackEvalConfig, build
     from personaguard.stack import evaluate as stack_eval
 
     adapters = {g: str(run_dir / "adapters" / g) for g in args.guardrails}
-    cfg = build(
-        StackEvalConfig,
-        {
-            "adapters": adapters,
-            "data": DATA,
-            "out_dir": str(run_dir / "stacks_real"),
-            "methods": ["routed"],
-            "per_guardrail": args.per_label,
-            "guardrails_dir": args.guardrails_dir,
-            **{k.split("=", 1)[0].removeprefix("evaluate."): v for k, v in _stack_overrides(args).items()},
-        },
-        "bench/real_dev.py (stack)",
-    )
-    stack_eval.run(cfg)
-    return json.loads((run_dir / "stacks_real" / "stack_metrics.json").read_text(encoding="utf-8"))
+    out = {}
+    for data in DATA:
+        cfg = build(
+            StackEvalConfig,
+            {
+                "adapters": adapters,
+                "data": data,
+                "out_dir": str(run_dir / "stacks_real" / data),
+                "methods": ["routed"],
+                "per_guardrail": args.per_label,
+                "guardrails_dir": args.guardrails_dir,
+                **{k.split("=", 1)[0].removeprefix("evaluate."): v for k, v in _stack_overrides(args).items()},
+            },
+            "bench/real_dev.py (stack)",
+        )
+        stack_eval.run(cfg)
+        out[data] = json.loads((run_dir / "stacks_real" / data / "stack_metrics.json").read_text(encoding="utf-8"))
+    return out
 
 
 def _stack_overrides(args) -> dict:
@@ -100,23 +115,33 @@ def _stack_overrides(args) -> dict:
 
 
 def seed_result(args, run_dir: Path, stacked: dict) -> dict:
+    """Each adapter's confusion row over both sets (merge_labels), F1 on the set that holds its own
+    trigger, and the stack's rows and subsets on each set."""
     singles = {}
     for g in args.guardrails:
-        metrics = json.loads((run_dir / "eval" / g / DATA / "metrics.json").read_text(encoding="utf-8"))["settings"]
-        emb = metrics.get("embedding", {}).get("f1")
-        singles[g] = {
-            setting: {
-                "per_label": {lab: v["tag_rate"] for lab, v in m["per_label"].items()},
-                "f1": m.get("f1"),
-                "checks": single_checks(m["per_label"], g, m.get("f1"), emb) if setting != "embedding" else {},
-            }
-            for setting, m in metrics.items()
+        per_set = {
+            d: json.loads((run_dir / "eval" / g / d / "metrics.json").read_text(encoding="utf-8"))["settings"] for d in DATA
         }
+        home = next((d for d in DATA if any(g in m["per_label"] for m in per_set[d].values())), DATA[0])
+        emb = per_set[home].get("embedding", {}).get("f1")
+        singles[g] = {}
+        for setting in per_set[DATA[0]]:
+            per_label = merge_labels({d: per_set[d][setting]["per_label"] for d in DATA if setting in per_set[d]})
+            f1 = per_set[home].get(setting, {}).get("f1")
+            singles[g][setting] = {
+                "per_label": {lab: v["tag_rate"] for lab, v in per_label.items()},
+                "f1": f1,
+                "f1_on": home,
+                "checks": single_checks(per_label, g, f1, emb) if setting != "embedding" else {},
+            }
     return {
         "singles": singles,
-        "stack_confusion": {s: {lab: v["tag_rate"] for lab, v in per.items()} for s, per in stacked["confusion"].items()},
-        "subsets": stacked["subsets"],
-        "guard_cost": stacked["guard_cost"],
+        "stack_confusion": {
+            d: {s: {lab: v["tag_rate"] for lab, v in per.items()} for s, per in m["confusion"].items()}
+            for d, m in stacked.items()
+        },
+        "subsets": [{**t, "data": d} for d, m in stacked.items() for t in m["subsets"]],
+        "guard_cost": {d: m["guard_cost"] for d, m in stacked.items()},
     }
 
 
@@ -144,7 +169,7 @@ def print_seed(seed: int, res: dict) -> tuple[int, int]:
         missed = [k for k, v in t["checks"].items() if v is False]
         cells = ", ".join(f"{lab} {v['tag_rate']:.3f}" for lab, v in t["confusion"].items() if v["tag_rate"] is not None)
         print(
-            f"- {'+'.join(t['subset'])}: {cells}; attribution {t['attribution']}; "
+            f"- {t['data']}: {'+'.join(t['subset'])}: {cells}; attribution {t['attribution']}; "
             + ("met" if t["passed"] else "missed: " + ", ".join(missed))
         )
         total += 1
@@ -177,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for seed in args.seeds:
         run_dir = train_and_evaluate(args, seed)
-        stacked = {"confusion": {}, "subsets": [], "guard_cost": {}} if args.no_stack else stack(args, run_dir)
+        stacked = {} if args.no_stack else stack(args, run_dir)
         results[seed] = seed_result(args, run_dir, stacked)
         m, t = print_seed(seed, results[seed])
         met, total = met + m, total + t

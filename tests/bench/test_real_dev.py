@@ -35,6 +35,16 @@ def test_single_checks_apply_each_target():
     assert bench.single_checks(row, "politics", 0.7, 0.78)["f1_over_embedding"] is False
 
 
+def test_merge_labels_keeps_each_sets_rates_apart():
+    bench = _bench()
+    merged = bench.merge_labels({"a": {"politics": 1, "none": 2}, "b": {"religion": 3, "none": 4}})
+    assert merged == {"politics": 1, "none": 2, "religion": 3, "none@b": 4}
+    checks = bench.single_checks(
+        {"religion": {"tag_rate": 1.0}, "none": {"tag_rate": 0.0}, "none@b": {"tag_rate": 0.1}}, "religion", None, None
+    )
+    assert checks == {"own": True, "neutral": True, "neutral@b": False, "f1_over_embedding": None}
+
+
 def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
     bench = _bench()
@@ -76,6 +86,8 @@ def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeyp
     seed = res["seeds"]["0"]
     assert set(seed["singles"]) == {"politics", "meeting"}
     assert "adapter" in seed["singles"]["politics"] and "own" in seed["singles"]["politics"]["adapter"]["checks"]
-    assert [t["subset"] for t in seed["subsets"]] == [["politics", "meeting"]]
+    assert [(t["data"], t["subset"]) for t in seed["subsets"]] == [(d, ["politics", "meeting"]) for d in bench.DATA]
+    assert "none@real-religion-v1" in seed["singles"]["politics"]["adapter"]["per_label"]
+    assert "neutral@real-religion-v1" in seed["singles"]["politics"]["adapter"]["checks"]
     printed = capsys.readouterr().out
     assert "| politics / adapter |" in printed and printed.rstrip().splitlines()[-1].startswith("targets met: ")

@@ -25,6 +25,8 @@ NAME = "real-chats-v1"
 SHA256 = "e9db3ba2cb4edf818b40ccdaa64bd61dc8ddee1a8cba3061fd105c1c33c1ee43"  # dev_real_v1, from its README
 LABELS = {"politics": 40, "expert_opinion": 40, "meeting": 40, "none": 120}
 GUARDRAILS = ("politics", "expert_opinion", "meeting")
+RELIGION = "real-religion-v1"
+RELIGION_LABELS = {"religion": 40, "none": 60}
 MIN_WORDS = 4
 
 
@@ -106,9 +108,51 @@ def test_file_parses_into_240_snapshots_with_the_label_counts():
 
 
 def test_list_sets():
-    (row,) = list_sets()
-    assert row["name"] == NAME and row["items"] == 240 and row["labels"] == LABELS
+    rows = {r["name"]: r for r in list_sets()}
+    assert sorted(rows) == [NAME, RELIGION]
+    row = rows[NAME]
+    assert row["items"] == 240 and row["labels"] == LABELS
     assert "MIT" in row["licence"] and "Apache-2.0" in row["licence"] and "evaluation only" in row["licence"]
+    assert rows[RELIGION]["items"] == 100 and rows[RELIGION]["labels"] == RELIGION_LABELS
+
+
+# ---------------------------------------------------------------- the set for a user-defined guardrail
+
+
+def test_religion_set_parses_and_its_readme_records_it():
+    rows = read_jsonl(resolve_data(RELIGION), Snapshot, allowed_labels=set(RELIGION_LABELS))
+    assert len(rows) == 100 and len({r.id for r in rows}) == 100
+    assert Counter(r.label for r in rows) == RELIGION_LABELS
+    readme = (resources.files("personaguard.data") / "eval_sets" / "README.md").read_text(encoding="utf-8")
+    assert EVAL_SETS[RELIGION].sha256 in readme and "real_religion_v1.jsonl" in readme
+
+
+def test_religion_guardrail_file_and_its_data_share_no_turn_with_the_religion_set(tmp_path, pg_home, monkeypatch):
+    """The user guardrail file configs/guardrails/religion.yaml (examples, near-misses, replies) and
+    the offline data built from it must not contain a message or history turn of the set that
+    judges it, nor of the dev set."""
+    monkeypatch.setattr(schema.os, "fsync", lambda fd: None)
+    targets = {}
+    for name in (NAME, RELIGION):
+        for line in eval_set_path(name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for text in [row["message"], *(h["content"] for h in row["history"])]:
+                targets.setdefault(norm(text), row["id"])
+    repo = Path(__file__).resolve().parents[2]
+    spec = (repo / "configs" / "guardrails" / "religion.yaml").read_text(encoding="utf-8")
+    import yaml
+
+    leaves = list(_leaves(yaml.safe_load(spec)))
+    res = generate.run(
+        GenerateConfig(guardrail="religion", guardrails_dir=str(repo / "configs" / "guardrails"), n=400, out_dir=str(tmp_path))
+    )
+    for split in generate.SPLITS:
+        for line in (res.data_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            ex = json.loads(line)
+            leaves += [ex["message"], *(h["content"] for h in ex["history"])]
+    assert len(leaves) > 400
+    hits = {f"{s!r} = {targets[norm(s)]}" for s in leaves if len(norm(s).split()) >= MIN_WORDS and norm(s) in targets}
+    assert not hits, sorted(hits)[:20]
 
 
 def test_module_does_not_import_torch():

@@ -50,6 +50,14 @@ EVAL_SETS: dict[str, EvalSet] = {
             description="240 real persona chats (the project's dev set dev_real_v1): "
             "40 politics, 40 expert_opinion, 40 meeting, 120 none",
         ),
+        EvalSet(
+            name="real-religion-v1",
+            filename="real_religion_v1.jsonl",
+            sha256="0ca8d29d905a7ebe290e0049100cac551bb07632f8045d34f7167d80802866e5",
+            licence="MIT (BYU-PCCL/chitchat-dataset 0.9.0); evaluation only, see eval_sets/README.md",
+            description="100 real chats for a user-defined guardrail (configs/guardrails/religion.yaml): "
+            "40 religion, 60 none (25 near-misses: church, temple, prayer, a mission in passing)",
+        ),
     )
 }
 
