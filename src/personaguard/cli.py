@@ -243,6 +243,83 @@ def report(run_dir: Path = typer.Argument(..., help="A pipeline run folder.")):
 
 
 @app.command()
+def serve(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    adapters_dir: Optional[str] = typer.Option(
+        None, help="Folder of trained guardrail adapters (e.g. runs/quickstart/adapters)."
+    ),
+    host: Optional[str] = typer.Option(None, help="Address to listen on."),
+    port: Optional[int] = typer.Option(None, help="Port to listen on."),
+    vllm: bool = typer.Option(False, "--vllm", help="Print the `vllm serve` command for the same adapters and exit."),
+):
+    """Serve personas with their guardrails: an OpenAI-compatible API and a playground at http://HOST:PORT/.
+
+    POST /v1/chat/completions takes the extra fields persona, memories and guardrails; model is the base model, a guardrail adapter's name, or persona:NAME from personas_dir. Set the environment variable named by token_env to require a bearer token. Fields: `personaguard config show serve`."""
+    from .config import ServeConfig, load_config
+
+    cfg = load_config(ServeConfig, config, _overrides(set_, adapters_dir=adapters_dir, host=host, port=port))
+    if vllm:
+        from .serve.vllm import vllm_command
+
+        typer.echo(vllm_command(cfg))
+        return
+    import uvicorn
+
+    from .serve.app import create_app
+
+    server = create_app(cfg)
+    engine = server.state.engine
+    personas = ", ".join(f"persona:{p}" for p in server.state.personas) or "none"
+    typer.echo(f"model {engine.model_id}; guardrails {', '.join(engine.guardrails)}; personas {personas}")
+    if os.environ.get(cfg.token_env):
+        typer.echo(f"bearer token required on /v1/* (from ${cfg.token_env})")
+    typer.echo(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1")
+    uvicorn.run(server, host=cfg.host, port=cfg.port, log_level="info")
+
+
+@app.command()
+def chat(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    server: Optional[str] = typer.Option(None, help="URL of a running `personaguard serve` (default: load the model here)."),
+    persona: Optional[str] = typer.Option(None, "--persona", "-p", help="A persona of the registry by name (persona:NAME)."),
+    persona_file: Optional[Path] = typer.Option(
+        None, help="A persona YAML file (name, traits, expressions, memories, guardrails)."
+    ),
+    guardrail: Optional[list[str]] = typer.Option(
+        None, "--guardrail", "-g", help="A guardrail to wear (repeatable; default: the persona's)."
+    ),
+    no_guardrails: bool = typer.Option(False, "--no-guardrails", help="Wear no guardrail (the base model as it is)."),
+    max_tokens: int = typer.Option(96, min=1, help="Longest reply in tokens."),
+):
+    """Chat with a persona in the terminal; each reply shows whether and which guardrail fired.
+
+    Local by default (the serve config's adapters_dir and personas_dir), or against --server URL."""
+    from .config import ServeConfig, load_config
+    from .serve.chat import ChatSetup, chat_loop, local_backend, server_backend
+    from .serve.personas import check_name, load_persona_file
+
+    if persona and persona_file:
+        raise PersonaguardError("chat: give --persona or --persona-file, not both")
+    setup = ChatSetup(persona_name=check_name("persona", persona) if persona else None, max_tokens=max_tokens)
+    if persona_file:
+        setup.persona = load_persona_file(persona_file)
+    setup.guardrails = [] if no_guardrails else (list(guardrail) if guardrail else None)
+    cfg = load_config(ServeConfig, config, _overrides(set_))
+    if server:
+        send = server_backend(server, cfg.token_env)
+    else:
+        from .serve.engine import Engine
+        from .serve.personas import load_personas
+
+        engine = Engine(cfg)
+        send = local_backend(engine, load_personas(cfg.personas_dir), engine.model_id)
+    name = persona or (setup.persona.name if setup.persona else "persona")
+    chat_loop(send, setup, name)
+
+
+@app.command()
 def models():
     """List the models usable without a download."""
     from .models import list_models
@@ -325,7 +402,7 @@ def _ask_lines(title: str) -> list[str]:
 
 
 @config_app.command("show")
-def config_show(stage: str = typer.Argument(..., help="pipeline | generate | train | train-joint | evaluate | stack")):
+def config_show(stage: str = typer.Argument(..., help="pipeline | generate | train | train-joint | evaluate | stack | serve")):
     """Print every field of STAGE's config with its default and description."""
     from .config import STAGE_CONFIGS, fields_table
 

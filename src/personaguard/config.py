@@ -496,6 +496,48 @@ class StackEvalConfig(StackOptions):
         return self
 
 
+class ServeConfig(_Strict):
+    """`personaguard serve` / `chat`: one base model, every trained guardrail adapter in a folder, chosen per request."""
+
+    adapters_dir: str = Field(
+        "runs/quickstart/adapters",
+        description="Folder whose sub-folders are trained guardrail adapters (each with personaguard.json); "
+        "adapters load only from here, each under its folder name.",
+    )
+    model: str | None = Field(None, description="Base model; default: the one the adapters were trained on (they must agree).")
+    personas_dir: str | None = Field(
+        "configs/personas", description="Folder of persona YAML files (name, traits, expressions, memories, guardrails)."
+    )
+    served_model_name: str | None = Field(
+        None, description="The base model's id in /v1/models and responses; default: `model` as configured."
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 to accept other machines).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    device: str = Field("auto", description="auto | cpu | cuda.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Weights dtype (auto: fp32 on CPU, bf16 on CUDA)."
+    )
+    load_in_4bit: bool = Field(False, description="Load the base model in 4-bit (CUDA + bitsandbytes).")
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="Prompts are cut to this (oldest history first); default: the adapters' training value."
+    )
+    default_max_tokens: int = Field(96, ge=1, description="Reply length when a request gives no max_tokens.")
+    max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for (larger: 400).")
+    max_messages: int = Field(200, ge=1, description="Most messages in one request (more: 400).")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body in bytes (larger: 413).")
+    token_env: str = Field(
+        "PERSONAGUARD_SERVER_TOKEN",
+        description="Environment variable holding the bearer token; when it is set, /v1/* needs "
+        "`Authorization: Bearer <token>` (the token is never stored or logged).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(f"default_max_tokens {self.default_max_tokens} is above max_tokens_limit {self.max_tokens_limit}")
+        return self
+
+
 class PipelineConfig(_Strict):
     """`personaguard pipeline`: generate -> train -> evaluate (-> stack) -> report for every guardrail."""
 
@@ -639,6 +681,7 @@ STAGE_CONFIGS: dict[str, type[BaseModel]] = {
     "train-joint": JointTrainConfig,
     "evaluate": EvaluateConfig,
     "stack": StackEvalConfig,
+    "serve": ServeConfig,
 }
 _SECTION_OF = {
     GenerateOptions: "generate",

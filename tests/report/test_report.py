@@ -8,6 +8,7 @@ import pytest
 
 from personaguard.report import plots as plot
 from personaguard.report import report
+from tests.browser import headless
 
 
 @pytest.fixture
@@ -89,23 +90,10 @@ def test_report_html_is_self_contained_and_escaped(run_dir):
     assert "![training_curves](plots/training_curves.png)" in mdt and "| politics / test / none |" in mdt
 
 
-def _chromium() -> str | None:
-    import os
-    import shutil
-
-    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not found and os.environ.get("CI"):
-        pytest.fail("CI must have chromium for the report rendering test (scripts/setup.sh --dev installs it)")
-    return found
-
-
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     """Open report.html in a real browser: tables laid out, every embedded plot decoded, screenshot saved."""
     import subprocess
 
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium not installed (scripts/setup.sh --dev installs it where apt-get is available)")
     _, page = report.run(run_dir)
     # a probe script, added to a copy of the page, writes what the browser laid out into the title
     probe = (
@@ -116,20 +104,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     )
     probed = tmp_path / "probed.html"
     probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
-    flags = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,2400",
-        "--virtual-time-budget=5000",
-    ]
+    flags = headless(tmp_path / "profile")
     dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120).stdout
     m = re.search(r"<title>probe imgs=(\d+) decoded=(\d+) rows=(\d+) height=([\d.]+)</title>", dom)
     assert m, dom[:500]

@@ -1,0 +1,243 @@
+"""The model behind the server and the chat: one base model, every guardrail adapter of a folder.
+
+Why one model with all adapters loaded: personas differ only in which guardrails they wear, so a
+request picks its set by activating adapters (a flag flip, no weights move) instead of loading a
+model per persona. The active set is state of the one model, so a request holds `lock` from its
+guard decision to its last reply token: overlapping requests with different sets are answered one
+after the other, each with exactly its own adapters (tests/serve/test_app.py checks it).
+
+The decision is the default stack method (`routed`, stack/routing.py): each requested adapter alone
+scores the prompt in one forward pass; the member whose greedy reply would begin with the tag
+fires (the most confident one when several do), writes the tag and answers after it; when none
+fires the base model answers with the tag's first token banned. So the decision is known before
+the first reply token, which is what lets the server put it in the first streamed chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..adapters import AdapterInfo, load_stack, read_info, use_adapters
+from ..config import DEFAULT_MAX_PROMPT_TOKENS, ServeConfig
+from ..errors import PersonaguardError
+from ..models import LoadOptions, load_tokenizer, resolve_model, same_model
+from ..prompt import prompt_ids
+from ..schema import Snapshot
+from .personas import NAME_RE
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """What the server reports as `guard`: whether a guardrail fired, which one, and its score
+    (P(reply starts with the tag) under the fired adapter; with none fired, the highest member score)."""
+
+    triggered: bool
+    guardrail: str | None
+    score: float | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def public(self) -> dict:
+        return {
+            "triggered": self.triggered,
+            "guardrail": self.guardrail,
+            "score": None if self.score is None else round(self.score, 4),
+        }
+
+
+@dataclass
+class Turn:
+    """One answered turn: the decision, then the reply text as it is produced (`pieces`)."""
+
+    decision: GuardDecision
+    prompt_tokens: int
+    pieces: Iterator[str]
+    _state: dict = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._state.get("completion_tokens", 0)
+
+    @property
+    def finish_reason(self) -> str:
+        return self._state.get("finish_reason", "stop")
+
+
+def discover_adapters(folder: str | Path) -> dict[str, Path]:
+    """Guardrail adapter folders directly under `folder` (those with adapter_config.json), by folder name.
+
+    Only direct sub-folders with plain names count, so nothing outside the configured folder can be
+    loaded and a request can only name what is listed here."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise PersonaguardError(f"adapters_dir {root}: not a folder (train a guardrail first: personaguard pipeline)")
+    found = {
+        p.name: p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and (p / "adapter_config.json").is_file() and NAME_RE.match(p.name)
+    }
+    if not found:
+        raise PersonaguardError(
+            f"adapters_dir {root}: no guardrail adapters in it (sub-folders with adapter_config.json); "
+            "train one with `personaguard pipeline` and point adapters_dir at its adapters/ folder"
+        )
+    return found
+
+
+class Engine:
+    """Loads the base model with every adapter of `cfg.adapters_dir` and answers turns."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        folders = discover_adapters(cfg.adapters_dir)
+        self.infos: dict[str, AdapterInfo] = {name: read_info(path) for name, path in folders.items()}
+        bases = {i.base_model for i in self.infos.values()}
+        base = cfg.model or sorted(bases)[0]
+        strangers = [n for n, i in self.infos.items() if not same_model(i.base_model, base)]
+        if strangers:
+            raise PersonaguardError(
+                f"adapters {strangers} in {cfg.adapters_dir} were trained on another base model than '{base}' "
+                "(set `model`, or keep one base model's adapters per folder)"
+            )
+        tags = {i.guardrail.tag for i in self.infos.values()}
+        if len(tags) > 1:
+            raise PersonaguardError(f"adapters in {cfg.adapters_dir} use different tags {sorted(tags)}; serve them apart")
+        self.tag = tags.pop()
+        self.base_model = base
+        self.model_id = cfg.served_model_name or base
+        self.max_prompt_tokens = cfg.max_prompt_tokens or max(
+            (i.max_prompt_tokens for i in self.infos.values()), default=DEFAULT_MAX_PROMPT_TOKENS
+        )
+        resolve_model(base)  # a clear error for an unknown model before the slow load
+        opts = LoadOptions(device=cfg.device, precision=cfg.precision, load_in_4bit=cfg.load_in_4bit)
+        self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
+        self.tokenizer = load_tokenizer(base)
+        self.lock = threading.Lock()
+
+    @property
+    def guardrails(self) -> list[str]:
+        return sorted(self.infos)
+
+    def check_guardrails(self, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in self.infos]
+        if unknown:
+            raise PersonaguardError(f"unknown guardrail(s) {unknown}; this server has {self.guardrails}")
+        return list(dict.fromkeys(names))
+
+    # -- the decision ------------------------------------------------------------------------------
+
+    def decide(self, ids: list[int], guardrails: list[str]) -> GuardDecision:
+        """The routed decision of `guardrails` on one prompt (caller holds `lock`)."""
+        from ..stack.routing import alone_passes, route
+
+        if not guardrails:
+            return GuardDecision(False, None, None)
+        passes = alone_passes(self.model, self.tokenizer, [ids], guardrails, self.tag, batch_size=1)
+        scores = {m: passes[m].scores[0] for m in guardrails}
+        fired = route(scores, dict.fromkeys(guardrails), {m: passes[m].greedy[0] for m in guardrails})
+        score = scores[fired] if fired else max(scores.values())
+        return GuardDecision(fired is not None, fired, score, scores)
+
+    # -- a whole turn --------------------------------------------------------------------------------
+
+    def turn(
+        self,
+        snap: Snapshot,
+        guardrails: list[str],
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        extra_guidelines: str = "",
+    ) -> Turn:
+        """Decide, then start the reply; the reply is produced while `pieces` is read.
+
+        The lock is taken here and released when the reply ends, is closed early or fails, so the
+        adapters stay exactly this request's until its last token."""
+        guardrails = self.check_guardrails(guardrails)
+        ids = prompt_ids(self.tokenizer, snap, self.max_prompt_tokens, extra_guidelines)
+        state: dict = {}
+        self.lock.acquire()
+        try:
+            decision = self.decide(ids, guardrails)
+            pieces = self._reply(ids, decision, max_tokens, temperature, top_p, state)
+        except BaseException:  # the reply thread never started, so it cannot release the lock
+            self.lock.release()
+            raise
+        return Turn(decision, len(ids), pieces, state)
+
+    def _reply(
+        self, ids: list[int], decision: GuardDecision, max_tokens: int, temperature: float, top_p: float, state: dict
+    ) -> Iterator[str]:
+        """Starts the reply in a thread (transformers' streamer) and returns its text pieces; the
+        thread stops early when the reader goes away and releases `lock` when it ends."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        from ..inference import tag_token_ids
+
+        tag_ids = tag_token_ids(self.tokenizer, self.tag)
+        fired = decision.guardrail
+        cancel = threading.Event()
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        prefix = tag_ids if fired else []
+        new_tokens = max(max_tokens - len(prefix), 1)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        dev = next(self.model.parameters()).device
+        inputs = torch.tensor([ids + prefix], device=dev)
+        kwargs = dict(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+        )
+        if temperature > 0:
+            kwargs |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if not fired:
+            kwargs["begin_suppress_tokens"] = tag_ids[:1]
+        error: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with use_adapters(self.model, [fired] if fired else []), torch.no_grad():
+                    out = self.model.generate(**kwargs)
+                made = out.shape[1] - inputs.shape[1]
+                ended = made > 0 and int(out[0, -1]) == self.tokenizer.eos_token_id
+                state["completion_tokens"] = len(prefix) + made
+                state["finish_reason"] = "length" if made >= new_tokens and not ended else "stop"
+            except BaseException as exc:  # surfaced to the reader below
+                error.append(exc)
+                streamer.end()
+            finally:
+                self.lock.release()
+
+        thread = threading.Thread(target=work, name="personaguard-reply", daemon=True)
+        thread.start()  # now, not on first read: a reply nobody reads still ends and frees the lock
+        return self._read(streamer, thread, cancel, error, fired)
+
+    def _read(self, streamer, thread: threading.Thread, cancel: threading.Event, error: list, fired: str | None):
+        try:
+            first = True
+            if fired:
+                yield self.tag
+            for piece in streamer:
+                if first and fired and piece:
+                    piece = " " + piece.lstrip()  # as evaluation writes it: "<tag> reply"
+                first = first and not piece
+                if piece:
+                    yield piece
+            thread.join()
+            if error:
+                raise error[0]
+        finally:
+            cancel.set()  # reader gone or done: stop generating so the lock is freed soon
