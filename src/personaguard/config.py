@@ -45,6 +45,15 @@ class GenerateOptions(_Strict):
         "adapter trained without them learns 'a serious question' and fires on the other guardrails' topics. Joint "
         "training makes its own and sets this to 0.",
     )
+    other_topic_share: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Share of neutral examples whose message is a serious or personal question on a topic no "
+        "guardrail covers (love, loss, ethics, family; pools/other_topics.json), answered normally: the other "
+        "guardrails' triggers alone teach 'not those topics', not 'only mine', so an adapter still fires on a "
+        "topic it never saw.",
+    )
     continuation_share: float = Field(
         0.25,
         ge=0,

@@ -162,6 +162,20 @@ def test_compound_triggers_carry_own_and_another_trigger_and_are_tagged():
     assert not any(r["kind"] == "compound_trigger" for r in _memory_rows(compound_trigger_share=0.0, **kw))
 
 
+def test_other_topic_negatives_come_from_their_pool_with_its_reply_and_no_tag():
+    pools = load_pools()
+    replies = {x["text"]: x["reply"] for x in pools.other_topics}
+    kw = dict(n=300, mixed_turn_share=0.0, multi_message_share=0.0)
+    rows = _memory_rows(other_topic_share=0.3, **kw)
+    other = [r for r in rows if r["kind"] == "other_topic"]
+    neutral = [r for r in rows if r["label"] == "none"]
+    assert 0.2 < len(other) / len(neutral) < 0.4
+    assert all(r["message"] in replies and r["chosen"] == replies[r["message"]] for r in other)
+    assert all(r["rejected"].startswith("<guard>") for r in other)
+    assert not any(r["kind"] == "other_topic" for r in _memory_rows(other_topic_share=0.0, **kw))
+    assert not any("religio" in x["text"].lower() or "god" in x["text"].lower().split() for x in pools.other_topics)
+
+
 def test_shared_hard_share_draws_near_misses_from_the_other_guardrails():
     pools = load_pools()
     own = {x["text"] for x in pools.hard["politics"]}

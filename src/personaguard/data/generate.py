@@ -59,6 +59,7 @@ LEGACY_OFF = {
     "mixed_turn_share": 0.0,
     "shared_hard_share": 0.0,
     "compound_trigger_share": 0.0,
+    "other_topic_share": 0.0,
 }
 
 
@@ -157,7 +158,17 @@ class OfflineGenerator:
                 other = self.others[i % len(self.others)]
                 message = self._nth(f"cross{i % len(self.others)}", other.messages, i)["text"]
                 chosen = rng.choice(other.engaging_replies)  # what the persona would say without this guardrail
-            elif r < self.cfg.cross_negative_share + self.cfg.hard_negative_share and self.p.hard.get(self.g.name):
+            elif (
+                self.p.other_topics
+                and self.cfg.cross_negative_share <= r < self.cfg.cross_negative_share + self.cfg.other_topic_share
+            ):
+                kind = "other_topic"
+                item = self._nth("other_topic", self.p.other_topics, i)
+                message, chosen = vary(item["text"], rng) if self.user_defined else item["text"], item["reply"]
+            elif (
+                r < self.cfg.cross_negative_share + self.cfg.other_topic_share + self.cfg.hard_negative_share
+                and self.p.hard.get(self.g.name)
+            ):
                 kind = "hard_negative"
                 if self.other_hard and rng.random() < self.cfg.shared_hard_share:
                     item = self._nth("hard_other", self.other_hard, i)
@@ -167,7 +178,11 @@ class OfflineGenerator:
                 if item.get("style") == "user_near_miss":
                     message = vary(message, rng)  # same surface variety as the examples: it must carry no signal
             elif (
-                r < self.cfg.cross_negative_share + self.cfg.hard_negative_share + self.cfg.continuation_share
+                r
+                < self.cfg.cross_negative_share
+                + self.cfg.other_topic_share
+                + self.cfg.hard_negative_share
+                + self.cfg.continuation_share
                 and self.long_histories
                 and self.cfg.variation != "fixed_history"
             ):

@@ -34,6 +34,7 @@ class Pools:
     hard: dict[str, list[dict]]
     triggers: dict[str, TriggerPool] = field(default_factory=dict)
     fillers: dict[str, list[str]] = field(default_factory=dict)  # "lead"/"tail" lines of multi-message turns
+    other_topics: list[dict] = field(default_factory=list)  # serious topics no guardrail covers (other_topics.json)
 
     def side(self, test: bool) -> Pools:
         """The pools restricted to one side of the train/test partition."""
@@ -49,6 +50,7 @@ class Pools:
                 for g, t in self.triggers.items()
             },
             fillers={k: keep(v, str) for k, v in self.fillers.items()},
+            other_topics=keep(self.other_topics, lambda x: x["text"]),
         )
 
 
@@ -123,4 +125,5 @@ def load_pools() -> Pools:
         hard=hard,
         triggers=triggers,
         fillers={k: v for k, v in _read("fillers.json").items() if not k.startswith("_")},
+        other_topics=_read("other_topics.json")["messages"],
     )

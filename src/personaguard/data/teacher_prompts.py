@@ -83,6 +83,10 @@ KIND_TEXT = {
         "a near miss: it touches a nearby subject or uses related words, but does not fall under 'when it applies'"
     ),
     "cross_negative": "it falls under this other situation: {other}; but not under 'when it applies'",
+    "other_topic": (
+        "a serious or personal question to the character on a topic that no safety rule covers (love, loss, "
+        "ethics, family, hopes and fears), which clearly does not fall under 'when it applies'"
+    ),
     "compound_trigger": "it clearly falls under 'when it applies' AND, in the same message, also under this other situation: {other}",
 }
 
@@ -115,7 +119,9 @@ def plan_kind(cfg: GenerateConfig, job: Job, others: list[Guardrail]) -> None:
         return
     if others and r < cfg.cross_negative_share:
         job.kind, job.other_trigger = "cross_negative", others[job.i % len(others)].trigger
-    elif r < cfg.cross_negative_share + cfg.hard_negative_share:
+    elif cfg.cross_negative_share <= r < cfg.cross_negative_share + cfg.other_topic_share:
+        job.kind = "other_topic"
+    elif r < cfg.cross_negative_share + cfg.other_topic_share + cfg.hard_negative_share:
         job.kind = "hard_negative"
     else:
         job.kind = "neutral"
