@@ -249,21 +249,18 @@ def serve(
     adapters_dir: Optional[str] = typer.Option(
         None, help="Folder of trained guardrail adapters (e.g. runs/quickstart/adapters)."
     ),
+    upstream: Optional[str] = typer.Option(
+        None, help="Route to this OpenAI-compatible server, which serves the adapters as LoRA models (e.g. vLLM)."
+    ),
     host: Optional[str] = typer.Option(None, help="Address to listen on."),
     port: Optional[int] = typer.Option(None, help="Port to listen on."),
-    vllm: bool = typer.Option(False, "--vllm", help="Print the `vllm serve` command for the same adapters and exit."),
 ):
     """Serve personas with their guardrails: an OpenAI-compatible API and a playground at http://HOST:PORT/.
 
     POST /v1/chat/completions takes the extra fields persona, memories and guardrails; model is the base model, a guardrail adapter's name, or persona:NAME from personas_dir. Set the environment variable named by token_env to require a bearer token. Fields: `personaguard config show serve`."""
     from .config import ServeConfig, load_config
 
-    cfg = load_config(ServeConfig, config, _overrides(set_, adapters_dir=adapters_dir, host=host, port=port))
-    if vllm:
-        from .serve.vllm import vllm_command
-
-        typer.echo(vllm_command(cfg))
-        return
+    cfg = load_config(ServeConfig, config, _overrides(set_, adapters_dir=adapters_dir, host=host, port=port, upstream=upstream))
     import uvicorn
 
     from .serve.app import create_app
@@ -276,6 +273,19 @@ def serve(
         typer.echo(f"bearer token required on /v1/* (from ${cfg.token_env})")
     typer.echo(f"playground: http://{cfg.host}:{cfg.port}/   API: http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(server, host=cfg.host, port=cfg.port, log_level="info")
+
+
+@app.command("export-vllm")
+def export_vllm(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    adapters_dir: Optional[str] = typer.Option(None, help="Folder of trained guardrail adapters."),
+):
+    """Check that vLLM can load every adapter of the folder and print the `vllm serve` command that serves them as LoRA modules under the same names."""
+    from .config import ServeConfig, load_config
+    from .serve.vllm import vllm_command
+
+    typer.echo(vllm_command(load_config(ServeConfig, config, _overrides(set_, adapters_dir=adapters_dir))))
 
 
 @app.command()
@@ -310,10 +320,10 @@ def chat(
     if server:
         send = server_backend(server, cfg.token_env)
     else:
-        from .serve.engine import Engine
+        from .serve.engine import make_engine
         from .serve.personas import load_personas
 
-        engine = Engine(cfg)
+        engine = make_engine(cfg)
         send = local_backend(engine, load_personas(cfg.personas_dir), engine.model_id)
     name = persona or (setup.persona.name if setup.persona else "persona")
     chat_loop(send, setup, name)

@@ -534,6 +534,16 @@ class ServeConfig(_Strict):
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for (larger: 400).")
     max_messages: int = Field(200, ge=1, description="Most messages in one request (more: 400).")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body in bytes (larger: 413).")
+    upstream: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server that serves the guardrail adapters as LoRA models "
+        "(vLLM with `personaguard export-vllm`'s command, or another `personaguard serve`); this server then "
+        "routes: guard decision and reply come from there, no model is loaded here.",
+    )
+    upstream_key_env: str = Field(
+        "UPSTREAM_API_KEY", description="Environment variable with the upstream's API key, if it needs one."
+    )
+    tag: str = Field("<guard>", min_length=1, description="With `upstream`: the tag the adapters were trained to write.")
     token_env: str = Field(
         "PERSONAGUARD_SERVER_TOKEN",
         description="Environment variable holding the bearer token; when it is set, /v1/* needs "

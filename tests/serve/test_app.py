@@ -294,3 +294,57 @@ def test_adapters_come_only_from_the_configured_folder(tmp_path):
         discover_adapters(tmp_path / "empty")
     with pytest.raises(PersonaguardError, match="not a folder"):
         discover_adapters(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ the router in front of an upstream
+
+
+def test_router_in_front_of_our_own_server_follows_the_upstream_adapters(client, serve_cfg, engine, monkeypatch):
+    """`serve --upstream`: our server (TestClient) is the upstream, exposing the adapters as LoRA
+    models like vLLM. The router fires exactly when the upstream's own reply with that adapter
+    begins with the tag, streams that reply, and keeps the API (guard first, 4xx for bad names)."""
+    from fastapi.testclient import TestClient
+
+    from personaguard.prompt import render_messages
+    from personaguard.schema import Snapshot
+    from personaguard.serve.app import create_app
+    from personaguard.serve.upstream import UpstreamEngine
+
+    cfg = serve_cfg.model_copy(update={"upstream": "http://testserver", "tag": engine.tag, "personas_dir": None})
+    router_engine = UpstreamEngine(cfg, http_client=client)
+    assert router_engine.guardrails == ["meeting", "politics"] and router_engine.model_id == engine.model_id
+    router = TestClient(create_app(cfg, router_engine))
+    msgs = render_messages(Snapshot(id="r", message=MESSAGE))
+    for guardrails in (["politics"], ["meeting"], ["meeting", "politics"], []):
+        direct = {
+            g: client.post(CHAT, json={"model": g, "messages": msgs, "max_tokens": 8}).json()["choices"][0]["message"]["content"]
+            for g in guardrails
+        }
+        fired = next((g for g in guardrails if direct[g].startswith(engine.tag)), None)
+        chunks = sse(
+            router.post(
+                CHAT,
+                json={"model": engine.model_id, "messages": [{"role": "user", "content": MESSAGE}], "max_tokens": 8,
+                      "guardrails": guardrails, "stream": True},
+            ).text
+        )  # fmt: skip
+        assert chunks[0]["guard"] == {"triggered": fired is not None, "guardrail": fired, "score": None}, guardrails
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text.startswith(engine.tag) == (fired is not None)
+    assert ask(router, model=engine.model_id, guardrails=["nope"]).status_code == 400
+    out = ask(router, model="politics", max_tokens=4).json()
+    assert out["usage"]["prompt_tokens"] > 0 and out["usage"]["completion_tokens"] >= 1
+
+
+def test_router_refuses_an_upstream_without_adapters(serve_cfg, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from personaguard.errors import PersonaguardError
+    from personaguard.serve.upstream import UpstreamEngine
+
+    bare = FastAPI()
+    bare.get("/v1/models")(lambda: {"object": "list", "data": [{"id": "base", "object": "model"}]})
+    cfg = serve_cfg.model_copy(update={"upstream": "http://testserver/v1"})
+    with pytest.raises(PersonaguardError, match="no LoRA adapters of 'base'"):
+        UpstreamEngine(cfg, http_client=TestClient(bare))

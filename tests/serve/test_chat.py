@@ -4,6 +4,7 @@ the openai client, and the `vllm serve` command line for the same adapters."""
 from __future__ import annotations
 
 import io
+import json
 import shlex
 
 import pytest
@@ -83,6 +84,27 @@ def test_vllm_command_names_every_adapter_like_the_server(serve_cfg, engine):
     assert sorted(modules) == engine.guardrails and all(modules[g].endswith("/" + g) for g in modules)
     assert argv[argv.index("--max-lora-rank") + 1] == "8"  # r=4 rounded up to a rank vLLM accepts
     assert argv[argv.index("--served-model-name") + 1] == engine.model_id
+
+
+def test_vllm_refuses_folders_it_cannot_load(serve_cfg, tmp_path):
+    import shutil
+
+    from personaguard.errors import PersonaguardError
+    from personaguard.serve.vllm import vllm_command, vllm_problems
+
+    root = tmp_path / "adapters"
+    shutil.copytree(serve_cfg.adapters_dir, root)
+    assert vllm_problems(root / "politics") == []
+    cfg_path = root / "meeting" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "use_dora": True, "target_modules": ["q_proj", "lm_head"]}))
+    problems = vllm_problems(root / "meeting")
+    assert any("DoRA" in p for p in problems) and any("['lm_head']" in p for p in problems)
+    (root / "politics" / "adapter_model.safetensors").unlink()
+    with pytest.raises(PersonaguardError) as exc:
+        vllm_command(serve_cfg.model_copy(update={"adapters_dir": str(root)}))
+    msg = str(exc.value)
+    assert "\n" not in msg and "meeting" in msg and "politics" in msg and "no adapter_model.safetensors" in msg
 
 
 @pytest.mark.parametrize("bad", ["../maya", "a/b", ""])

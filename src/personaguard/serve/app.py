@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import ServeConfig
 from ..errors import PersonaguardError
 from ..schema import Message, Persona, Snapshot
-from .engine import Engine
+from .engine import make_engine
 from .personas import PersonaSpec, check_name, load_personas
 
 PERSONA_PREFIX = "persona:"
@@ -139,7 +139,7 @@ def to_snapshot(req: ChatRequest, spec: PersonaSpec | None) -> tuple[Snapshot, s
     return snap, "\n".join(system)
 
 
-def resolve_request(req: ChatRequest, engine: Engine, personas: dict[str, PersonaSpec]) -> tuple[PersonaSpec | None, list[str]]:
+def resolve_request(req: ChatRequest, engine, personas: dict[str, PersonaSpec]) -> tuple[PersonaSpec | None, list[str]]:
     """(persona of the registry or None, guardrails) from `model` and the extra fields."""
     spec, guardrails = None, []
     if req.model.startswith(PERSONA_PREFIX):
@@ -152,7 +152,7 @@ def resolve_request(req: ChatRequest, engine: Engine, personas: dict[str, Person
             raise ApiError(404, f"model: unknown persona '{key}'; known: {sorted(personas)}", "model_not_found", "model")
         spec = personas[key.lower()]
         guardrails = list(spec.guardrails)
-    elif req.model in engine.infos:
+    elif req.model in engine.cards:
         guardrails = [req.model]
     elif req.model != engine.model_id:
         try:
@@ -166,7 +166,7 @@ def resolve_request(req: ChatRequest, engine: Engine, personas: dict[str, Person
                 check_name("guardrail", g)
             except PersonaguardError as exc:
                 raise ApiError(400, f"guardrails.{i}: {exc}", "invalid_guardrail", "guardrails") from None
-        unknown = [g for g in req.guardrails if g not in engine.infos]
+        unknown = [g for g in req.guardrails if g not in engine.cards]
         if unknown:
             raise ApiError(
                 400,
@@ -178,17 +178,19 @@ def resolve_request(req: ChatRequest, engine: Engine, personas: dict[str, Person
     return spec, guardrails
 
 
-def create_app(cfg: ServeConfig, engine: Engine | None = None):
-    """The FastAPI app; `engine` can be given (tests, `chat`) to skip loading the model again."""
+def create_app(cfg: ServeConfig, engine=None):
+    """The FastAPI app. `engine` answers turns: the local model (serve/engine.py), or with
+    `cfg.upstream` a router to another OpenAI-compatible server (serve/upstream.py); it can be given
+    (tests, `chat`) to skip loading the model again."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    engine = engine or Engine(cfg)
+    engine = engine or make_engine(cfg)
     personas = load_personas(cfg.personas_dir)
     for key, spec in personas.items():
-        missing = [g for g in spec.guardrails if g not in engine.infos]
+        missing = [g for g in spec.guardrails if g not in engine.cards]
         if missing:
             raise PersonaguardError(
                 f"{cfg.personas_dir}/{key}.yaml: guardrails {missing} are not trained in {cfg.adapters_dir} "
@@ -243,8 +245,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
     def list_models():
         base = {"id": engine.model_id, "object": "model", "created": created, "owned_by": "personaguard"}
         rows = [base]
-        for name, info in sorted(engine.infos.items()):
-            g = info.guardrail
+        for name, card in sorted(engine.cards.items()):
             rows.append(
                 {
                     "id": name,
@@ -253,7 +254,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
                     "owned_by": "personaguard",
                     "root": name,
                     "parent": engine.model_id,
-                    "guardrail": {"trigger": g.trigger, "resolution": g.resolution},
+                    "guardrail": card,
                 }
             )
         for key, spec in sorted(personas.items()):

@@ -52,9 +52,13 @@ class Turn:
     """One answered turn: the decision, then the reply text as it is produced (`pieces`)."""
 
     decision: GuardDecision
-    prompt_tokens: int
+    prompt_len: int  # tokens of the prompt as rendered here (0 when an upstream renders it)
     pieces: Iterator[str]
     _state: dict = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._state.get("prompt_tokens", self.prompt_len)
 
     @property
     def completion_tokens(self) -> int:
@@ -119,6 +123,11 @@ class Engine:
     @property
     def guardrails(self) -> list[str]:
         return sorted(self.infos)
+
+    @property
+    def cards(self) -> dict[str, dict]:
+        """What /v1/models says about each guardrail."""
+        return {n: {"trigger": i.guardrail.trigger, "resolution": i.guardrail.resolution} for n, i in self.infos.items()}
 
     def check_guardrails(self, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in self.infos]
@@ -241,3 +250,12 @@ class Engine:
                 raise error[0]
         finally:
             cancel.set()  # reader gone or done: stop generating so the lock is freed soon
+
+
+def make_engine(cfg: ServeConfig):
+    """The local model, or a router to `cfg.upstream` when it is set."""
+    if cfg.upstream:
+        from .upstream import UpstreamEngine
+
+        return UpstreamEngine(cfg)
+    return Engine(cfg)
