@@ -1,0 +1,32 @@
+"""bench/serve_load.py end to end on the tiny model (the real run uses the embedded SmolLM2)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[2] / "bench" / "serve_load.py"
+
+
+def test_serve_load_bench_runs_and_finds_no_crosstalk(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = mod
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
+    out = tmp_path / "serve_load.json"
+    argv = ["--model", tiny_model_dir, "--clients", "4", "--requests", "12", "--max-tokens", "3"]
+    rc = mod.main([*argv, "--decision-prompts", "3", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["errors"] == [] and res["crosstalk"] == 0 and res["requests"] == 12
+    assert res["first_chunk_p50_s"] <= res["full_reply_p50_s"] and res["ratio_1"] > 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("guard decision / base first token (one adapter): ")
+
+
+def test_jobs_mix_sets_and_personas():
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    bodies = mod.jobs(36)
+    assert {b["model"] for b in bodies} == {"base", "persona:maya", "persona:rex"}
+    assert {tuple(b.get("guardrails", ["-"])) for b in bodies} >= {("politics",), (), ("politics", "expert_opinion", "meeting")}
