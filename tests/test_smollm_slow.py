@@ -123,3 +123,44 @@ def test_adapter_against_every_offline_baseline(smol, politics_run):
     report = (out / "report.md").read_text()
     assert all(f"| {s} |" in report for s in res.metrics)
     assert json.loads((out / "metrics.json").read_text())["settings"]["embedding"]["auroc"] >= 0.5
+
+
+def test_user_guardrail_trains_offline_end_to_end(smol, tmp_path, monkeypatch):
+    """A guardrail that exists only as a YAML file (configs/guardrails/religion.yaml): the pipeline
+    builds its data offline from the file's examples, trains twenty steps on the real model, and
+    evaluates it on its test split and on the packaged real-chat set that judges it. Twenty steps
+    raise the held-out triggers' guard score far above the base model's."""
+    import json
+    from pathlib import Path
+
+    from personaguard import pipeline
+    from personaguard.config import PipelineConfig, load_config
+
+    monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
+    repo = Path(__file__).resolve().parents[1]
+    sets = [
+        "guardrails=[religion]",
+        f"guardrails_dir={repo / 'configs' / 'guardrails'}",
+        f"run_dir={tmp_path / 'run'}",
+        "generate.n=80",
+        "train.max_steps=20",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.lr=2.0e-3",
+        "train.save_steps=100",
+        "evaluate.max_new_tokens=8",
+        "evaluate.limit=16",
+        "evaluate.settings=[none,adapter]",
+        "extra_eval_data=[real-religion-v1]",
+    ]
+    cfg = load_config(PipelineConfig, repo / "configs" / "quickstart.yaml", sets)
+    res = pipeline.run(cfg, 1, 3, source="test")
+    adapter = res.run_dir / "adapters" / "religion"
+    assert json.loads((adapter / "personaguard.json").read_text())["guardrail"]["name"] == "religion"
+    real = json.loads((res.run_dir / "eval" / "religion" / "real-religion-v1" / "metrics.json").read_text())
+    assert set(real["settings"]["adapter"]["per_label"]) == {"religion", "none"}
+    preds = [json.loads(x) for x in (res.run_dir / "eval" / "religion" / "test" / "predictions.jsonl").read_text().splitlines()]
+    score = {s: [p["guard_score"] for p in preds if p["setting"] == s and p["label"] == "religion"] for s in ("none", "adapter")}
+    assert score["adapter"] and len(score["adapter"]) == len(score["none"])
+    mean_log = lambda xs: sum(math.log(max(x, 1e-30)) for x in xs) / len(xs)  # noqa: E731
+    assert mean_log(score["adapter"]) > mean_log(score["none"]) + 3.0
