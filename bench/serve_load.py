@@ -48,21 +48,50 @@ PERSONAS = {
 
 
 def random_adapters(model: str, root: Path, seed: int = 0) -> Path:
-    """Adapter folders of the real shape with random LoRA weights, described like trained ones."""
+    """Adapter folders of the real shape with random LoRA weights, described like trained ones.
+
+    Pure noise never makes a model write the tag, and then every reply comes from the base model and a
+    request answered with the wrong adapters would go unnoticed. So each adapter also gets one rank of
+    its last layer's MLP output pointed at the tag's first token along a random direction: it fires on
+    the prompts whose hidden state leans that way. Each adapter's direction is drawn until it fires on
+    a third to two thirds of the bench's messages."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from personaguard.adapters import write_info
     from personaguard.guardrails import registry
+    from personaguard.inference import tag_token_ids
     from personaguard.models import load_model
+    from personaguard.prompt import prompt_ids
+    from personaguard.schema import Snapshot
 
-    base, _ = load_model(model)
+    base, tok = load_model(model)
+    tag0 = tag_token_ids(tok, "<guard>")[0]
+    toward_tag = base.get_output_embeddings().weight[tag0].detach().float()
+    toward_tag = toward_tag / toward_tag.norm()
+    prompts = [prompt_ids(tok, Snapshot(id="b", message=m), 224) for m in MESSAGES]
     for k, g in enumerate(GUARDRAILS):
-        torch.manual_seed(seed + k)
+        gen = torch.Generator().manual_seed(seed + k)
         peft = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
         for name, p in peft.named_parameters():
             if "lora_" in name:
-                p.data = torch.randn_like(p) * 0.02
+                p.data = torch.randn(p.shape, generator=gen) * 0.02
+        down = peft.base_model.model.model.layers[-1].mlp.down_proj
+        a, b = down.lora_A["default"].weight, down.lora_B["default"].weight
+        lo = max(1, len(prompts) // 3)  # fires on a third to two thirds of the messages
+        for _ in range(50):
+            direction = torch.randn(a.shape[1], generator=gen)
+            a.data[0] = direction / direction.norm()
+            for scale in (16.0, 64.0, 256.0):
+                b.data[:, 0] = toward_tag * scale
+                with torch.no_grad():
+                    fires = sum(int(peft(input_ids=torch.tensor([p])).logits[0, -1].argmax()) == tag0 for p in prompts)
+                if lo <= fires <= len(prompts) - lo:
+                    break
+            if lo <= fires <= len(prompts) - lo:
+                break
+        else:
+            raise SystemExit(f"no random direction made the {g} adapter fire on some messages only")
         peft.save_pretrained(root / g)
         write_info(
             root / g,
@@ -140,16 +169,20 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
     prompts = (prompts * (n // len(prompts) + 1))[:n]
 
     def timed(fn) -> float:
+        """Mean seconds of fn(prompt); before each call the base model is made active, untimed, as a
+        turn whose reply did not fire leaves it: the decision pays for switching its adapters on."""
+        engine._activate([])
         fn(prompts[0])  # warm-up
-        t0 = time.perf_counter()
+        total = 0.0
         for p in prompts:
+            engine._activate([])
+            t0 = time.perf_counter()
             fn(p)
-        return (time.perf_counter() - t0) / len(prompts)
+            total += time.perf_counter() - t0
+        return total / len(prompts)
 
     def base_first_token(ids):
-        from personaguard.adapters import no_adapter
-
-        with no_adapter(engine.model), torch.no_grad():
+        with torch.no_grad():
             engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)
 
     base = timed(base_first_token)
@@ -245,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_s": len(ok) / wall,
         "errors": errors,
         "crosstalk": crosstalk,
+        "fired": fired,
         "first_chunk_p50_s": pct(firsts, 0.5) if ok else None,
         "first_chunk_p95_s": pct(firsts, 0.95) if ok else None,
         "full_reply_p50_s": pct(totals, 0.5) if ok else None,

@@ -19,6 +19,7 @@ def test_serve_load_bench_runs_and_finds_no_crosstalk(tiny_model_dir, tmp_path, 
     rc = mod.main([*argv, "--decision-prompts", "3", "--out", str(out)])
     res = json.loads(out.read_text())
     assert rc == 0 and res["errors"] == [] and res["crosstalk"] == 0 and res["requests"] == 12
+    assert 0 < res["fired"] < 12  # the random adapters fire on some requests, so cross-talk would show
     assert res["first_chunk_p50_s"] <= res["full_reply_p50_s"] and res["ratio_1"] > 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("guard decision / base first token (one adapter): ")
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapters import AdapterInfo, load_stack, read_info, use_adapters
+from ..adapters import AdapterInfo, activate, load_stack, read_info
 from ..config import DEFAULT_MAX_PROMPT_TOKENS, ServeConfig
 from ..errors import PersonaguardError
 from ..models import LoadOptions, load_tokenizer, resolve_model, same_model
@@ -119,6 +119,7 @@ class Engine:
         self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
+        self._active: list[str] | None = None  # the adapters this engine last activated (None: unknown)
 
     @property
     def guardrails(self) -> list[str]:
@@ -139,15 +140,29 @@ class Engine:
 
     def decide(self, ids: list[int], guardrails: list[str]) -> GuardDecision:
         """The routed decision of `guardrails` on one prompt (caller holds `lock`)."""
-        from ..stack.routing import alone_passes, route
+        from ..inference import guard_pass
+        from ..stack.routing import route
 
         if not guardrails:
             return GuardDecision(False, None, None)
-        passes = alone_passes(self.model, self.tokenizer, [ids], guardrails, self.tag, batch_size=1)
+        passes = {}
+        for m in guardrails:
+            self._activate([m])
+            passes[m] = guard_pass(self.model, self.tokenizer, [ids], self.tag, batch_size=1)
         scores = {m: passes[m].scores[0] for m in guardrails}
         fired = route(scores, dict.fromkeys(guardrails), {m: passes[m].greedy[0] for m in guardrails})
         score = scores[fired] if fired else max(scores.values())
         return GuardDecision(fired is not None, fired, score, scores)
+
+    def _activate(self, names: list[str]) -> None:
+        """Make `names` the active adapters unless they already are (caller holds `lock`).
+
+        Unlike `use_adapters` nothing is restored afterwards: each step sets what it needs, so a turn
+        flips the LoRA layers once per member and once for the reply, and not at all when the previous
+        turn left the right set (a flip walks every LoRA layer: ~25 ms on SmolLM2 on a busy CPU)."""
+        if self._active != names:
+            activate(self.model, names)
+            self._active = list(names)
 
     # -- a whole turn --------------------------------------------------------------------------------
 
@@ -218,7 +233,8 @@ class Engine:
 
         def work() -> None:
             try:
-                with use_adapters(self.model, [fired] if fired else []), torch.no_grad():
+                self._activate([fired] if fired else [])
+                with torch.no_grad():
                     out = self.model.generate(**kwargs)
                 made = out.shape[1] - inputs.shape[1]
                 ended = made > 0 and int(out[0, -1]) == self.tokenizer.eos_token_id
