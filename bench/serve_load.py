@@ -47,7 +47,7 @@ PERSONAS = {
 }
 
 
-def random_adapters(model: str, root: Path, seed: int = 0) -> Path:
+def random_adapters(model: str, root: Path, seed: int = 0, names: tuple[str, ...] = GUARDRAILS) -> Path:
     """Adapter folders of the real shape with random LoRA weights, described like trained ones.
 
     Pure noise never makes a model write the tag, and then every reply comes from the base model and a
@@ -59,7 +59,7 @@ def random_adapters(model: str, root: Path, seed: int = 0) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from personaguard.adapters import write_info
-    from personaguard.guardrails import registry
+    from personaguard.guardrails import Guardrail, registry
     from personaguard.inference import tag_token_ids
     from personaguard.models import load_model
     from personaguard.prompt import prompt_ids
@@ -70,7 +70,8 @@ def random_adapters(model: str, root: Path, seed: int = 0) -> Path:
     toward_tag = base.get_output_embeddings().weight[tag0].detach().float()
     toward_tag = toward_tag / toward_tag.norm()
     prompts = [prompt_ids(tok, Snapshot(id="b", message=m), 224) for m in MESSAGES]
-    for k, g in enumerate(GUARDRAILS):
+    known = registry()
+    for k, g in enumerate(names):
         gen = torch.Generator().manual_seed(seed + k)
         peft = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
         for name, p in peft.named_parameters():
@@ -95,7 +96,7 @@ def random_adapters(model: str, root: Path, seed: int = 0) -> Path:
         peft.save_pretrained(root / g)
         write_info(
             root / g,
-            guardrail=registry()[g],
+            guardrail=known.get(g) or Guardrail(name=g, trigger=f"the {g} topic (timing only)", resolution="decline"),
             base_model=model,
             max_prompt_tokens=224,
             max_reply_tokens=48,
