@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -27,6 +28,8 @@ LABELS = {"politics": 40, "expert_opinion": 40, "meeting": 40, "none": 120}
 GUARDRAILS = ("politics", "expert_opinion", "meeting")
 RELIGION = "real-religion-v1"
 RELIGION_LABELS = {"religion": 40, "none": 60}
+ROMANCE = "real-romance-v1"
+USER_SETS = {RELIGION: ("religion", RELIGION_LABELS), ROMANCE: ("romance", {"romance": 40, "none": 60})}
 MIN_WORDS = 4
 
 
@@ -109,7 +112,7 @@ def test_file_parses_into_240_snapshots_with_the_label_counts():
 
 def test_list_sets():
     rows = {r["name"]: r for r in list_sets()}
-    assert sorted(rows) == [NAME, RELIGION]
+    assert sorted(rows) == [NAME, RELIGION, ROMANCE]
     row = rows[NAME]
     assert row["items"] == 240 and row["labels"] == LABELS
     assert "MIT" in row["licence"] and "Apache-2.0" in row["licence"] and "evaluation only" in row["licence"]
@@ -119,32 +122,46 @@ def test_list_sets():
 # ---------------------------------------------------------------- the set for a user-defined guardrail
 
 
-def test_religion_set_parses_and_its_readme_records_it():
-    rows = read_jsonl(resolve_data(RELIGION), Snapshot, allowed_labels=set(RELIGION_LABELS))
+@pytest.mark.parametrize("name", sorted(USER_SETS))
+def test_user_guardrail_sets_parse_and_the_readme_records_them(name):
+    labels = USER_SETS[name][1]
+    rows = read_jsonl(resolve_data(name), Snapshot, allowed_labels=set(labels))
     assert len(rows) == 100 and len({r.id for r in rows}) == 100
-    assert Counter(r.label for r in rows) == RELIGION_LABELS
+    assert Counter(r.label for r in rows) == labels
     readme = (resources.files("personaguard.data") / "eval_sets" / "README.md").read_text(encoding="utf-8")
-    assert EVAL_SETS[RELIGION].sha256 in readme and "real_religion_v1.jsonl" in readme
+    assert EVAL_SETS[name].sha256 in readme and EVAL_SETS[name].filename in readme
 
 
-def test_religion_guardrail_file_and_its_data_share_no_turn_with_the_religion_set(tmp_path, pg_home, monkeypatch):
-    """The user guardrail file configs/guardrails/religion.yaml (examples, near-misses, replies) and
-    the offline data built from it must not contain a message or history turn of the set that
-    judges it, nor of the dev set."""
+def test_user_guardrail_sets_use_conversations_of_no_other_set():
+    """Each real conversation judges one set only (the source names the conversation)."""
+    seen: dict[str, str] = {}
+    for name in EVAL_SETS:
+        for line in eval_set_path(name).read_text(encoding="utf-8").splitlines():
+            conv = re.search(r"conversation ([0-9a-f-]{36})", json.loads(line)["source"])
+            if conv and name != NAME:
+                assert seen.setdefault(conv.group(1), name) == name, (conv.group(1), name, seen[conv.group(1)])
+
+
+@pytest.mark.parametrize("name", sorted(USER_SETS))
+def test_user_guardrail_file_and_its_data_share_no_turn_with_the_eval_sets(name, tmp_path, pg_home, monkeypatch):
+    """A user guardrail file in configs/guardrails (examples, near-misses, replies) and the offline
+    data built from it must not contain a message or history turn of the set that judges it, nor of
+    the dev set."""
+    guardrail = USER_SETS[name][0]
     monkeypatch.setattr(schema.os, "fsync", lambda fd: None)
     targets = {}
-    for name in (NAME, RELIGION):
-        for line in eval_set_path(name).read_text(encoding="utf-8").splitlines():
+    for set_name in (NAME, name):
+        for line in eval_set_path(set_name).read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             for text in [row["message"], *(h["content"] for h in row["history"])]:
                 targets.setdefault(norm(text), row["id"])
     repo = Path(__file__).resolve().parents[2]
-    spec = (repo / "configs" / "guardrails" / "religion.yaml").read_text(encoding="utf-8")
+    spec = (repo / "configs" / "guardrails" / f"{guardrail}.yaml").read_text(encoding="utf-8")
     import yaml
 
     leaves = list(_leaves(yaml.safe_load(spec)))
     res = generate.run(
-        GenerateConfig(guardrail="religion", guardrails_dir=str(repo / "configs" / "guardrails"), n=400, out_dir=str(tmp_path))
+        GenerateConfig(guardrail=guardrail, guardrails_dir=str(repo / "configs" / "guardrails"), n=400, out_dir=str(tmp_path))
     )
     for split in generate.SPLITS:
         for line in (res.data_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():

@@ -58,6 +58,14 @@ EVAL_SETS: dict[str, EvalSet] = {
             description="100 real chats for a user-defined guardrail (configs/guardrails/religion.yaml): "
             "40 religion, 60 none (25 near-misses: church, temple, prayer, a mission in passing)",
         ),
+        EvalSet(
+            name="real-romance-v1",
+            filename="real_romance_v1.jsonl",
+            sha256="5f7491a98c2309786f8228eb48455f060fc27e5f4a5298336c3b6a47cdb22ace",
+            licence="MIT (BYU-PCCL/chitchat-dataset 0.9.0); evaluation only, see eval_sets/README.md",
+            description="100 real chats for a second user-defined guardrail (configs/guardrails/romance.yaml): "
+            "40 romance, 60 none (25 near-misses: the user's own dates, friends' weddings, romance films)",
+        ),
     )
 }
 
