@@ -241,3 +241,25 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     (out / "run.json").write_text(json.dumps({"run_id": "second"}))  # as a second run writes it at its start
     with pytest.raises(PersonaguardError, match="mix two runs"):
         prepare_out_dir(_cfg(tmp_path, resume=True), out)
+
+
+def test_resume_drops_a_checkpoint_cut_off_by_a_kill_while_saving(tmp_path, capsys):
+    """The run-id mark is written after a checkpoint is complete: an unmarked newest checkpoint after
+    this run's marked ones is an unfinished save, removed so the resume continues from the last whole one."""
+    from personaguard.errors import PersonaguardError
+    from personaguard.train.train import prepare_out_dir
+
+    out = tmp_path / "a"
+    run, _ = prepare_out_dir(_cfg(tmp_path), out)
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "run.json").write_text(json.dumps({"run_id": run}))
+    (out / "checkpoint-3").mkdir()  # killed mid-save: no mark
+    assert prepare_out_dir(_cfg(tmp_path, resume=True), out) == (run, True)
+    assert not (out / "checkpoint-3").exists() and (out / "checkpoint-2").is_dir()
+    assert "checkpoint-3 was not finished" in capsys.readouterr().err
+    # after another run's marked checkpoint an unmarked one is not ours to delete: refused, nothing removed
+    (out / "checkpoint-2" / "run.json").write_text(json.dumps({"run_id": "other"}))
+    (out / "checkpoint-3").mkdir()
+    with pytest.raises(PersonaguardError, match="mix two runs"):
+        prepare_out_dir(_cfg(tmp_path, resume=True), out)
+    assert (out / "checkpoint-3").is_dir()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,6 +416,12 @@ def prepare_out_dir(cfg: TrainConfig, out_dir: Path) -> tuple[str, bool]:
                 "train again with --overwrite"
             )
         run_id = json.loads(run_path.read_text(encoding="utf-8"))["run_id"]
+        # the run-id mark is written after the Trainer has saved a checkpoint completely, so unmarked
+        # checkpoints after the newest marked one were cut off by a kill mid-save: drop them and resume
+        # from the last complete one
+        while ckpts and not (ckpts[-1] / RUN_FILE).is_file() and _is_ours_later(ckpts, run_id):
+            print(f"warning: {ckpts[-1]} was not finished (the run was killed while saving it); removing it", file=sys.stderr)
+            shutil.rmtree(ckpts.pop())
         if ckpts:
             mark = ckpts[-1] / RUN_FILE
             theirs = json.loads(mark.read_text(encoding="utf-8"))["run_id"] if mark.is_file() else None
@@ -440,6 +447,13 @@ def prepare_out_dir(cfg: TrainConfig, out_dir: Path) -> tuple[str, bool]:
     run_id = uuid.uuid4().hex[:12]
     write_text_atomic(out_dir / RUN_FILE, json.dumps({"run_id": run_id, "seed": cfg.seed}, indent=2))
     return run_id, False
+
+
+def _is_ours_later(ckpts: list[Path], run_id: str) -> bool:
+    """Whether the checkpoints before the last one are this run's (or there are none): only then is an
+    unmarked last checkpoint this run's unfinished save rather than another run's."""
+    marked = [c for c in ckpts[:-1] if (c / RUN_FILE).is_file()]
+    return not marked or json.loads((marked[-1] / RUN_FILE).read_text(encoding="utf-8"))["run_id"] == run_id
 
 
 def _run_id_callback(run_id: str):
