@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from personaguard.config import ServeConfig
     from personaguard.models import load_model, resolve_model
     from personaguard.prompt import prompt_ids
+    from personaguard.schema import write_text_atomic
     from personaguard.serve.engine import Engine
 
     resolve_model(args.model)
@@ -160,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['turn_median_s'] * 1000:.0f} ms vs two-pass {result['two_pass_median_s'] * 1000:.0f} ms "
         f"= {result['turn_vs_two_pass']:.2f}x"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"guard decision (one adapter) / base first token: {result['decision_1_vs_base']:.2f}x")
     return 0
 

@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         "full_reply_p95_s": pct(totals, 0.95) if ok else None,
         **ratios,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(f"result: {out}")
+    from personaguard.schema import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps(result, indent=2))
+    print(f"result: {args.out}")
     print(f"guard decision / base first token (one adapter): {ratios['ratio_1']:.2f}x")
     return 1 if errors or crosstalk else 0
 

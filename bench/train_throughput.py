@@ -83,13 +83,6 @@ def trl_row(f: dict) -> dict:
     return out
 
 
-def _model(cfg):
-    from personaguard.train.train import lora_for_training
-
-    model, tok, device = lora_for_training(cfg)
-    return model, tok, device
-
-
 class _Clock:
     """Trainer callback: wall time at the end of every optimiser step."""
 
@@ -133,8 +126,10 @@ def worker(args) -> dict:
     """Train `args.steps` steps with one trainer in this process; return its figures."""
     import tempfile
 
+    from personaguard.train.train import lora_for_training
+
     cfg = quickstart_train_config(args)
-    model, tok, device = _model(cfg)
+    model, tok, device = lora_for_training(cfg)
     feats = pairs(args, tok, cfg)
     clock = _Clock()
     tmp = tempfile.mkdtemp(prefix="pg-throughput-")
@@ -209,9 +204,10 @@ def first_step_terms(args) -> dict:
     import torch
 
     from personaguard.train.orpo import pack_pairs, packed_forward
+    from personaguard.train.train import lora_for_training
 
     cfg = quickstart_train_config(args)
-    model, tok, device = _model(cfg)
+    model, tok, device = lora_for_training(cfg)
     feats = pairs(args, tok, cfg)[: cfg.batch_size]
     trl = _trl_trainer(cfg, model, tok, feats, "/tmp/pg-throughput-loss", 1, device, [])
     model.eval()
@@ -255,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/train_throughput.json")
     ap.add_argument("--worker", choices=["ours", "trl", "terms"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from personaguard.schema import write_text_atomic
+
     if args.worker == "terms":
         print(json.dumps(first_step_terms(args)))
         return 0
@@ -274,11 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = (runs[0]["pairs_per_s"] + runs[2]["pairs_per_s"]) / 2
     ratio = ours / runs[1]["pairs_per_s"]
     result = {"args": {k: v for k, v in vars(args).items() if k != "worker"}, "first_batch": terms, "runs": runs, "ratio": ratio}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"pairs/s ours / TRL ORPOTrainer: {ratio:.2f}x")
     return 0
 

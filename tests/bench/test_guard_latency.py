@@ -1,18 +1,12 @@
 """bench/guard_latency.py end to end on the tiny model (the real run uses the embedded SmolLM2)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[2] / "bench" / "guard_latency.py"
+from . import load_bench
 
 
 def test_guard_latency_bench_times_every_variant(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("guard_latency", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["guard_latency"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_bench("guard_latency")
     monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
     out = tmp_path / "gl.json"
     argv = ["--model", tiny_model_dir, "--data", "real-chats-v1", "--n", "4", "--members", "2", "3"]

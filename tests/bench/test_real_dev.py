@@ -1,19 +1,12 @@
 """bench/real_dev.py runs end to end on the tiny model (the real run trains SmolLM2; see its docstring)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[2] / "bench" / "real_dev.py"
+from . import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("real_dev", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["real_dev"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("real_dev")
 
 
 def test_single_checks_apply_each_target():

@@ -1,18 +1,12 @@
 """bench/serve_load.py end to end on the tiny model (the real run uses the embedded SmolLM2)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[2] / "bench" / "serve_load.py"
+from . import load_bench
 
 
 def test_serve_load_bench_runs_and_finds_no_crosstalk(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = mod
-    spec.loader.exec_module(mod)
+    mod = load_bench("serve_load")
     monkeypatch.setenv("PERSONAGUARD_HOME", str(tmp_path / "home"))
     out = tmp_path / "serve_load.json"
     argv = ["--model", tiny_model_dir, "--clients", "4", "--requests", "12", "--max-tokens", "3"]
@@ -25,9 +19,7 @@ def test_serve_load_bench_runs_and_finds_no_crosstalk(tiny_model_dir, tmp_path, 
 
 
 def test_jobs_mix_sets_and_personas():
-    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("serve_load")
     bodies = mod.jobs(36)
     assert {b["model"] for b in bodies} == {"base", "persona:maya", "persona:rex"}
     assert {tuple(b.get("guardrails", ["-"])) for b in bodies} >= {("politics",), (), ("politics", "expert_opinion", "meeting")}

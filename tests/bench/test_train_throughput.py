@@ -1,19 +1,12 @@
 """bench/train_throughput.py end to end on the tiny model (the real run uses the embedded SmolLM2)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parents[2] / "bench" / "train_throughput.py"
+from . import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_throughput"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("train_throughput")
 
 
 def test_trl_rows_hold_our_ids_with_the_prompt_masked():
