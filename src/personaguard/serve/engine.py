@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapters import AdapterInfo, activate, load_stack, read_info
+from ..adapters import AdapterInfo, activate, active_adapters, load_stack, read_info
 from ..config import DEFAULT_MAX_PROMPT_TOKENS, ServeConfig
 from ..errors import PersonaguardError
 from ..models import LoadOptions, load_tokenizer, resolve_model, same_model
@@ -119,7 +119,6 @@ class Engine:
         self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
-        self._active: list[str] | None = None  # the adapters this engine last activated (None: unknown)
 
     @property
     def guardrails(self) -> list[str]:
@@ -160,9 +159,8 @@ class Engine:
         Unlike `use_adapters` nothing is restored afterwards: each step sets what it needs, so a turn
         flips the LoRA layers once per member and once for the reply, and not at all when the previous
         turn left the right set (a flip walks every LoRA layer: ~25 ms on SmolLM2 on a busy CPU)."""
-        if self._active != names:
+        if active_adapters(self.model) != names:  # read off the model: nothing to keep in step with it
             activate(self.model, names)
-            self._active = list(names)
 
     # -- a whole turn --------------------------------------------------------------------------------
 
