@@ -14,9 +14,10 @@ from pathlib import Path
 from .schema import NONE_LABEL
 
 # Extra snapshot fields that break tag rates down further: `kind` (neutral / hard_negative /
-# cross_negative in generated data), `domain` and `topic` (outside data such as dev sets) — this is
-# where a team sees which kinds of neutral turns its adapter mistakes for triggers.
-GROUP_FIELDS = ("kind", "domain", "topic")
+# cross_negative in generated data), `domain` and `topic` (outside data such as dev sets), `family`
+# and `lang` (the adversarial set: which attack and which language) — this is where a team sees
+# which kinds of turns its adapter misses or mistakes for triggers.
+GROUP_FIELDS = ("kind", "domain", "topic", "family", "lang")
 
 
 def starts_with_tag(reply: str, tag: str) -> bool:
