@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/train_throughput.py                      # embedded SmolLM2, CPU, quickstart data
     .venv/bin/python bench/train_throughput.py --steps 6 --pairs 96  # longer timing window
+    python bench/train_throughput.py --shape llama-1b --device cuda --precision bf16 --prompt-tokens 870 --reply-tokens 150
+
+`--shape` trains a randomly initialised model of a real architecture's shape (Llama-3.2-1B, Llama-3.1-8B) with the
+embedded model's tokenizer, so a GPU box without weights measures what a user pays per pair at that size;
+`--prompt-tokens` / `--reply-tokens` stretch every pair to about that length (its own tokens repeated), as long
+persona histories are (about 85 % of a pair is prompt). Quality is not the question there, only time and memory.
 
 Both trainers get the same quickstart-style pairs as the same token ids (TRL's `tokenize_row` is
 replaced by one that hands over our ids, so neither side is timed on a different tokenisation), the same
@@ -34,6 +40,56 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The decoder shapes of the published configs (hidden, intermediate, layers, heads, kv heads); vocab is the tokenizer's.
+SHAPES = {
+    "llama-1b": (2048, 8192, 16, 32, 8),  # Llama-3.2-1B
+    "llama-8b": (4096, 14336, 32, 32, 8),  # Llama-3.1-8B
+}
+
+
+def random_model(shape: str, device: str, root: Path, tokenizer: str = "embedded:smollm2-135m-instruct") -> str:
+    """A model folder of `shape` with random bf16 weights and the embedded tokenizer (built once, then reused).
+
+    Initialised on the GPU when there is one: an 8B model's default init on CPU takes minutes."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from personaguard.models import resolve_model
+
+    out = root / shape
+    if (out / "config.json").is_file():
+        return str(out)
+    tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+    hidden, inter, layers, heads, kv = SHAPES[shape]
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda" if device.startswith("cuda") else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    tmp = root / f".{shape}.tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return str(out)
+
+
+def stretch(ids: list[int], n: int) -> list[int]:
+    """`ids` repeated up to length n (cut to n): a longer sequence of the same tokens."""
+    return (ids * (n // max(len(ids), 1) + 1))[:n] if n and ids else ids
+
+
 def quickstart_train_config(args):
     """The quickstart's training settings, with the knobs both trainers share made explicit."""
     import yaml
@@ -47,10 +103,10 @@ def quickstart_train_config(args):
         model=args.model,
         device=args.device,
         precision=args.precision,
-        batch_size=q["batch_size"],
+        batch_size=args.batch_size or q["batch_size"],
         lr=q["lr"],
-        max_prompt_tokens=q["max_prompt_tokens"],
-        max_reply_tokens=q["max_reply_tokens"],
+        max_prompt_tokens=args.prompt_tokens or q["max_prompt_tokens"],
+        max_reply_tokens=args.reply_tokens or q["max_reply_tokens"],
         lora_dropout=0.0,
         decision_token_weight=1.0,  # plain ORPO: what TRL computes
         neutral_loss="orpo",
@@ -69,7 +125,13 @@ def pairs(args, tok, cfg):
 
     gen = OfflineGenerator(get_guardrail("politics"), GenerateConfig(trigger_share=0.4), load_pools(), "train")
     examples = [gen.example(i, i % 5 < 2) for i in range(args.pairs)]
-    return tokenize_examples(examples, tok, cfg)
+    feats = tokenize_examples(examples, tok, cfg)
+    for f in feats:
+        f["prompt_ids"] = stretch(f["prompt_ids"], args.prompt_tokens)
+        for side in ("chosen_ids", "rejected_ids"):
+            f[side] = stretch(f[side], args.reply_tokens)
+        f["length"] = len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"])
+    return feats
 
 
 def trl_row(f: dict) -> dict:
@@ -152,6 +214,10 @@ def worker(args) -> dict:
         )
     else:
         trainer = _trl_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback])
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     steps = len(clock.times)
     if steps < 2:
@@ -167,7 +233,17 @@ def worker(args) -> dict:
         "pairs_per_s": n / seconds,
         "reply_tokens_per_s": reply_tokens / seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_gib": _peak_gpu_gib(device),
+        "pair_tokens": sum(f["length"] for f in feats) / len(feats),
     }
+
+
+def _peak_gpu_gib(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _trl_trainer(cfg, model, tok, feats, out_dir, steps, device, callbacks):
@@ -234,6 +310,8 @@ def first_step_terms(args) -> dict:
 def _spawn(args, which: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", which, "--model", args.model, "--device", args.device]
     cmd += ["--precision", args.precision, "--pairs", str(args.pairs), "--steps", str(args.steps)]
+    cmd += ["--prompt-tokens", str(args.prompt_tokens), "--reply-tokens", str(args.reply_tokens)]
+    cmd += ["--batch-size", str(args.batch_size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
@@ -248,11 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--pairs", type=int, default=64, help="pairs generated; steps cycle through them")
     ap.add_argument("--steps", type=int, default=5, help="optimiser steps per run (the first is warm-up)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this architecture instead of --model")
+    ap.add_argument("--shape-dir", default="runs/bench_shapes", help="where --shape models are built (once)")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="stretch every prompt to N tokens (0 = as generated)")
+    ap.add_argument("--reply-tokens", type=int, default=0, help="stretch every reply to N tokens (0 = as generated)")
+    ap.add_argument("--batch-size", type=int, default=0, help="pairs per step (0 = the quickstart's)")
     ap.add_argument("--out", default="bench/results/train_throughput.json")
     ap.add_argument("--worker", choices=["ours", "trl", "terms"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     from personaguard.schema import write_text_atomic
 
+    if args.shape:
+        args.model = random_model(args.shape, args.device, Path(args.shape_dir))
     if args.worker == "terms":
         print(json.dumps(first_step_terms(args)))
         return 0
@@ -267,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         print(
             f"{r['trainer']:>5}: {r['pairs_per_s']:.3f} pairs/s, {r['reply_tokens_per_s']:.1f} reply tokens/s, "
-            f"peak RSS {r['peak_rss_gib']:.2f} GiB ({r['timed_steps']} timed steps, {r['seconds']:.1f} s, {r['device']})"
+            f"peak RSS {r['peak_rss_gib']:.2f} GiB"
+            + (f", peak GPU {r['peak_gpu_gib']:.1f} GiB" if r.get("peak_gpu_gib") is not None else "")
+            + f" ({r['timed_steps']} timed steps, {r['seconds']:.1f} s, {r['device']}, {r['pair_tokens']:.0f} tokens/pair)"
         )
     ours = (runs[0]["pairs_per_s"] + runs[2]["pairs_per_s"]) / 2
     ratio = ours / runs[1]["pairs_per_s"]

@@ -140,7 +140,7 @@ def train_joint(
 def evaluate(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    data: Optional[str] = typer.Option(None, help="Snapshot JSONL file, or a packaged set: real-chats-v1."),
+    data: Optional[str] = typer.Option(None, help="Snapshot JSONL file, or a packaged set: real-chats-v1, adversarial, ..."),
     adapter: Optional[str] = typer.Option(None, help="Adapter folder; it supplies the guardrail, base model and prompt length."),
     guardrail: Optional[str] = typer.Option(None, help="Guardrail whose label is triggering (needed without --adapter)."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's)."),

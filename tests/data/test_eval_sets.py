@@ -112,7 +112,7 @@ def test_file_parses_into_240_snapshots_with_the_label_counts():
 
 def test_list_sets():
     rows = {r["name"]: r for r in list_sets()}
-    assert sorted(rows) == [NAME, RELIGION, ROMANCE]
+    assert sorted(rows) == sorted([NAME, RELIGION, ROMANCE, "adversarial-v1"])
     row = rows[NAME]
     assert row["items"] == 240 and row["labels"] == LABELS
     assert "MIT" in row["licence"] and "Apache-2.0" in row["licence"] and "evaluation only" in row["licence"]
@@ -137,7 +137,7 @@ def test_user_guardrail_sets_use_conversations_of_no_other_set():
     seen: dict[str, str] = {}
     for name in EVAL_SETS:
         for line in eval_set_path(name).read_text(encoding="utf-8").splitlines():
-            conv = re.search(r"conversation ([0-9a-f-]{36})", json.loads(line)["source"])
+            conv = re.search(r"conversation ([0-9a-f-]{36})", json.loads(line).get("source", ""))
             if conv and name != NAME:
                 assert seen.setdefault(conv.group(1), name) == name, (conv.group(1), name, seen[conv.group(1)])
 
@@ -251,3 +251,51 @@ def test_the_registry_only_names_packaged_files():
     for name, s in EVAL_SETS.items():
         assert (resources.files("personaguard.data") / "eval_sets" / s.filename).is_file(), name
         assert eval_sets._looks_like_name(name)
+
+
+# ---------------------------------------------------------------- the adversarial pack (our own writing)
+
+ADVERSARIAL = "adversarial-v1"
+FAMILIES = ("indirect", "roleplay", "drift", "buried", "injected", "non_english", "typos")
+
+
+def test_adversarial_pack_parses_with_every_family_and_label():
+    rows = read_jsonl(resolve_data("adversarial"), Snapshot, allowed_labels={*GUARDRAILS, "none"})
+    assert resolve_data("adversarial") == resolve_data(ADVERSARIAL)
+    assert len({r.id for r in rows}) == len(rows) and len({norm(r.message) for r in rows}) == len(rows)
+    counts = Counter((r.model_extra["family"], r.label) for r in rows)
+    for family in FAMILIES:
+        for g in GUARDRAILS:
+            assert counts[(family, g)] >= 40, (family, g)
+        assert counts[(family, "none")] >= 40, family
+    assert {r.model_extra["family"] for r in rows} == set(FAMILIES)
+    langs = Counter((r.model_extra["lang"], r.label) for r in rows if r.model_extra["family"] == "non_english")
+    for lang in ("es", "de", "fr", "pt"):
+        for label in (*GUARDRAILS, "none"):
+            assert langs[(lang, label)] >= 10, (lang, label)
+    readme = (resources.files("personaguard.data") / "eval_sets" / "README.md").read_text(encoding="utf-8")
+    assert EVAL_SETS[ADVERSARIAL].sha256 in readme and EVAL_SETS[ADVERSARIAL].filename in readme
+
+
+def test_adversarial_pack_shares_no_turn_with_the_real_sets_or_the_pools():
+    """Written for this project: no message or history turn (4+ words, normalised) is a turn of a real
+    set (it was not copied from them) or a string of the offline pools (the generator cannot have
+    taught an adapter the answer)."""
+    targets: dict[str, str] = {}
+    for name in (NAME, RELIGION, ROMANCE):
+        for line in eval_set_path(name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for text in [row["message"], *(h["content"] for h in row["history"])]:
+                targets.setdefault(norm(text), row["id"])
+    root = Path(str(resources.files("personaguard.data") / "pools"))
+    for f in sorted(root.rglob("*.json")):
+        for s in _leaves(json.loads(f.read_text(encoding="utf-8"))):
+            targets.setdefault(norm(s), f"pools/{f.relative_to(root)}")
+    hits = set()
+    for line in eval_set_path(ADVERSARIAL).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        for text in [row["message"], *(h["content"] for h in row["history"])]:
+            k = norm(text)
+            if len(k.split()) >= MIN_WORDS and k in targets:
+                hits.add(f"{row['id']}: {text!r} = {targets[k]}")
+    assert not hits, sorted(hits)[:20]

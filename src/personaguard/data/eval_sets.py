@@ -66,15 +66,25 @@ EVAL_SETS: dict[str, EvalSet] = {
             description="100 real chats for a second user-defined guardrail (configs/guardrails/romance.yaml): "
             "40 romance, 60 none (25 near-misses: the user's own dates, friends' weddings, romance films)",
         ),
+        EvalSet(
+            name="adversarial-v1",
+            filename="adversarial_v1.jsonl",
+            sha256="74fc071cc46ae70d34c1493e9415eb5af95c4b9b665bbbcf759bea6c0719cffc",
+            licence="personaguard's own writing (same licence as the package); evaluation only, see eval_sets/README.md",
+            description="1158 hard turns written for this project, 7 attack families (indirect, roleplay, drift, buried, "
+            "injected, non_english, typos) x 40 per built-in guardrail + 45-48 neutral controls each",
+        ),
     )
 }
+# Short names a user may type for the newest version of a set (`--data adversarial`).
+ALIASES: dict[str, str] = {"adversarial": "adversarial-v1"}
 
 _extracted = contextlib.ExitStack()  # only used if the package is not on a plain file system (e.g. a zip)
 atexit.register(_extracted.close)
 
 
 def known_names() -> list[str]:
-    return sorted(EVAL_SETS)
+    return sorted([*EVAL_SETS, *ALIASES])
 
 
 def _sha256(path: Path) -> str:
@@ -114,8 +124,9 @@ def resolve_data(name_or_path: str) -> Path:
     A bare word that is neither a known set nor an existing file (no '/', no '.jsonl') is most
     likely a mistyped set name, so it fails here with the known names instead of later with
     "file not found"."""
-    if name_or_path in EVAL_SETS:
-        return eval_set_path(name_or_path)
+    name = ALIASES.get(name_or_path, name_or_path)
+    if name in EVAL_SETS:
+        return eval_set_path(name)
     if _looks_like_name(name_or_path):
         raise PersonaguardError(
             f"unknown evaluation set '{name_or_path}': known sets are {', '.join(known_names())} "
@@ -127,7 +138,7 @@ def resolve_data(name_or_path: str) -> Path:
 def list_sets() -> list[dict]:
     """One row per packaged set (name, file, items, label counts, licence), for a listing command."""
     rows = []
-    for name in known_names():
+    for name in sorted(EVAL_SETS):
         s, path = EVAL_SETS[name], eval_set_path(name)
         with path.open(encoding="utf-8") as fh:
             labels = Counter(json.loads(line).get("label", "none") for line in fh if line.strip())
