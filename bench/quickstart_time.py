@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-cache", action="store_true", help="use the existing model cache (skips the GGUF conversion)")
     ap.add_argument("--data", help="real-chat set for the quality check (default: the dev set beside the project)")
     ap.add_argument("--out", default="bench/results/quickstart_time.json")
+    ap.add_argument("--keep-run", action="store_true", help="keep the clone and its run (adapters, data) for more evaluation")
     args = ap.parse_args(argv)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     out = REPO / args.out if not Path(args.out).is_absolute() else Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep_run:
+        print(f"run kept: {clone / 'runs' / 'quickstart'}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({k: result[k] for k in ("per_label", "checks")}))
     print(f"quickstart wall time {wall / 60:.1f} min; ratio to the 10-minute target: {wall / TARGET_S:.2f}x")
     return 0
