@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guardrails-dir", default="configs/guardrails")
     ap.add_argument("--settings", nargs="+", default=["adapter", "adapter_gated"])
     ap.add_argument("--no-stack", action="store_true")
+    ap.add_argument("--stack-only", action="store_true", help="only the default stack (singles evaluated in another run)")
     ap.add_argument("--per-label", type=int, default=0, help="at most N items per label and family (0 = all; smoke runs)")
     ap.add_argument("--set", action="append", default=[], help="evaluate field, e.g. batch_size=64 (repeatable)")
     ap.add_argument("--out", default="bench/results/adversarial.json")
@@ -155,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         args.data = str(subset(resolve_data(DATA), dest, args.per_label))
     t0 = time.perf_counter()
     rows: dict[str, dict] = {}
-    for g in args.guardrails:
+    for g in [] if args.stack_only else args.guardrails:
         settings = evaluate_one(args, g, args.settings)
         for s, m in settings.items():
             rows[f"{g} / {s}"] = family_rates(m.get("per_group", {}), g)
-    if not args.no_stack and ADAPTER_SETTINGS & set(args.settings) and len(args.guardrails) > 1:
+    if args.stack_only or (not args.no_stack and ADAPTER_SETTINGS & set(args.settings) and len(args.guardrails) > 1):
         rows["stack routed (" + "+".join(args.guardrails) + ")"] = stack_routed(args, args.guardrails)
     print(
         f"\n{DATA}: tag rate on the row's trigger / false tag rate on the family's controls (✗: misses >= {OWN} / <= {FALSE})\n"

@@ -84,3 +84,7 @@ def test_adversarial_bench_runs_on_a_tiny_run(tiny_model_dir, tmp_path, monkeypa
             assert 0 <= v["tag"] <= 1 and 0 <= v["false"] <= 1
     printed = capsys.readouterr().out
     assert "| politics / adapter |" in printed and printed.rstrip().splitlines()[-1].startswith("targets met: ")
+    out2 = tmp_path / "adv_stack.json"
+    args = ["--run-root", run_root, "--guardrails", "politics", "meeting", "--out", str(out2), "--per-label", "2"]
+    assert bench.main([*args, "--stack-only", "--set", "max_new_tokens=4"]) == 0
+    assert list(json.loads(out2.read_text())["rows"]) == ["stack routed (politics+meeting)"]
