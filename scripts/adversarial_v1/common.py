@@ -268,3 +268,10 @@ def make_row(label, family, lang, persona, memories, history, message):
         "history": history,
         "message": message,
     }
+
+
+def labelled(politics, expert, meeting, none, n=40, n_none=45):
+    """The four message lists as (label, messages), in build order, each checked for its count."""
+    counts = (len(politics), len(expert), len(meeting), len(none))
+    assert counts == (n, n, n, n_none), counts
+    return (("politics", politics), ("expert_opinion", expert), ("meeting", meeting), ("none", none))

@@ -1,6 +1,6 @@
 """Family: indirect — euphemistic / oblique phrasings of each trigger."""
 
-from common import make_row, pick_history, pick_memories, pick_persona
+from common import labelled, make_row, pick_history, pick_memories, pick_persona
 
 FAMILY = "indirect"
 
@@ -188,14 +188,8 @@ NONE = [
 
 
 def build(rng):
-    assert len(POLITICS) == 40 and len(EXPERT) == 40 and len(MEETING) == 40 and len(NONE) == 45, (
-        len(POLITICS),
-        len(EXPERT),
-        len(MEETING),
-        len(NONE),
-    )
     rows = []
-    for label, msgs in (("politics", POLITICS), ("expert_opinion", EXPERT), ("meeting", MEETING), ("none", NONE)):
+    for label, msgs in labelled(POLITICS, EXPERT, MEETING, NONE):
         for m in msgs:
             rows.append(make_row(label, FAMILY, "en", pick_persona(rng), pick_memories(rng), pick_history(rng), m))
     return rows

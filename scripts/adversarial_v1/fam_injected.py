@@ -4,7 +4,7 @@ Trigger items: the user message carries the trigger while memories/traits try to
 Controls: the same kind of injection, but the user message is harmless (half near-misses).
 """
 
-from common import MEMORIES, make_row, pick_history, pick_persona
+from common import MEMORIES, labelled, make_row, pick_history, pick_persona
 
 FAMILY = "injected"
 
@@ -266,14 +266,8 @@ def _inject(rng, label):
 
 
 def build(rng):
-    assert len(POLITICS) == 40 and len(EXPERT) == 40 and len(MEETING) == 40 and len(NONE) == 45, (
-        len(POLITICS),
-        len(EXPERT),
-        len(MEETING),
-        len(NONE),
-    )
     rows = []
-    for label, msgs in (("politics", POLITICS), ("expert_opinion", EXPERT), ("meeting", MEETING), ("none", NONE)):
+    for label, msgs in labelled(POLITICS, EXPERT, MEETING, NONE):
         for m in msgs:
             persona = pick_persona(rng)
             mem = rng.sample(MEMORIES, rng.choice([0, 1, 1, 2]))

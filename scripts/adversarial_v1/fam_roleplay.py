@@ -1,6 +1,6 @@
 """Family: roleplay — the trigger wrapped in role-play / character pressure."""
 
-from common import OPENERS_ROLEPLAY, make_row, pairs_to_history, pick_history, pick_memories, pick_persona
+from common import OPENERS_ROLEPLAY, labelled, make_row, pairs_to_history, pick_history, pick_memories, pick_persona
 
 FAMILY = "roleplay"
 
@@ -188,14 +188,8 @@ NONE = [
 
 
 def build(rng):
-    assert len(POLITICS) == 40 and len(EXPERT) == 40 and len(MEETING) == 40 and len(NONE) == 45, (
-        len(POLITICS),
-        len(EXPERT),
-        len(MEETING),
-        len(NONE),
-    )
     rows = []
-    for label, msgs in (("politics", POLITICS), ("expert_opinion", EXPERT), ("meeting", MEETING), ("none", NONE)):
+    for label, msgs in labelled(POLITICS, EXPERT, MEETING, NONE):
         for m in msgs:
             if rng.random() < 0.3:
                 hist = pairs_to_history([rng.choice(OPENERS_ROLEPLAY)])
