@@ -17,7 +17,8 @@ model, LoRA config (dropout 0: TRL switches dropout off), batch size, max length
 the two runs of ours. Timing starts after the first optimiser step (warm-up) and ends after the last.
 
 TRL's settings, the best found for this machine: its default padding collator (pads each batch to its
-longest pair, no fixed-length padding), `disable_dropout`, `dataloader_num_workers=0` (workers only add
+longest pair, no fixed-length padding), `disable_dropout`, gradient checkpointing off (ORPOConfig's default
+is on, which trades speed for memory; both sides run without it), `dataloader_num_workers=0` (workers only add
 process overhead for pre-tokenised rows), torch's default intra-op threads. Its NLL term covers prompt and
 reply tokens (TRL's documented choice); ours covers reply tokens only (the ORPO paper's L_SFT on the
 chosen reply), so the total losses differ by definition. The first-step check therefore compares what both
@@ -112,6 +113,7 @@ def quickstart_train_config(args):
         neutral_loss="orpo",
         warmup_ratio=0.0,
         seed=0,
+        load_in_4bit=getattr(args, "load_in_4bit", False),
     )
 
 
@@ -180,6 +182,9 @@ def _common_args(cfg, out_dir: str, steps: int, device: str) -> dict:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
+        # TRL's ORPOConfig turns it on by default (TrainingArguments does not): both off, so neither side pays
+        # the recomputation and the comparison is of the training step itself
+        gradient_checkpointing=False,
         seed=0,
     )
 
@@ -196,22 +201,7 @@ def worker(args) -> dict:
     clock = _Clock()
     tmp = tempfile.mkdtemp(prefix="pg-throughput-")
     if args.worker == "ours":
-        from transformers import TrainingArguments
-
-        from personaguard.train.train import _make_trainer_classes, as_dataset
-
-        ORPOTrainer, _, collate, _ = _make_trainer_classes()
-        targs = TrainingArguments(**_common_args(cfg, tmp, args.steps, device), label_names=["c_tgt"])
-        trainer = ORPOTrainer(
-            model=model,
-            args=targs,
-            train_dataset=as_dataset(feats),
-            data_collator=collate(tok.pad_token_id),
-            callbacks=[clock.callback],
-            orpo_lambda=cfg.orpo_lambda,
-            decision_token_weight=1.0,
-            neutral_loss="orpo",
-        )
+        trainer = ours_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback])
     else:
         trainer = _trl_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback])
     if device.startswith("cuda"):
@@ -235,7 +225,28 @@ def worker(args) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_gib": _peak_gpu_gib(device),
         "pair_tokens": sum(f["length"] for f in feats) / len(feats),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
+
+
+def ours_trainer(cfg, model, tok, feats, out_dir, steps, device, callbacks, **overrides):
+    """Our ORPO trainer (plain ORPO: decision token weight 1, no neutral anchor) on `feats` for `steps` steps."""
+    from transformers import TrainingArguments
+
+    from personaguard.train.train import _make_trainer_classes, as_dataset
+
+    ORPOTrainer, _, collate, _ = _make_trainer_classes()
+    targs = TrainingArguments(**{**_common_args(cfg, out_dir, steps, device), **overrides}, label_names=["c_tgt"])
+    return ORPOTrainer(
+        model=model,
+        args=targs,
+        train_dataset=as_dataset(feats),
+        data_collator=collate(tok.pad_token_id),
+        callbacks=callbacks,
+        orpo_lambda=cfg.orpo_lambda,
+        decision_token_weight=1.0,
+        neutral_loss="orpo",
+    )
 
 
 def _peak_gpu_gib(device: str) -> float | None:

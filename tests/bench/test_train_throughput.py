@@ -23,6 +23,8 @@ def test_bench_trains_both_trainers_and_their_shared_terms_agree(tiny_model_dir,
     res = json.loads(out.read_text())
     assert rc == 0 and [r["trainer"] for r in res["runs"]] == ["ours", "trl", "ours"]
     assert all(r["pairs_per_s"] > 0 and r["timed_steps"] == 1 and r["peak_rss_gib"] > 0 for r in res["runs"])
+    # TRL's ORPOConfig checkpoints gradients by default; the comparison runs both without
+    assert [r["gradient_checkpointing"] for r in res["runs"]] == [False, False, False]
     # the same weights on the same token ids: what both trainers define alike must agree
     assert res["first_batch"]["max_abs_diff"] < 1e-3
     assert set(res["first_batch"]["terms"]) == {"chosen_logp", "rejected_logp", "log_odds", "or_loss"}
