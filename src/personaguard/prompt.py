@@ -49,18 +49,46 @@ def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(out)
 
 
+# A message longer than the history budget is kept whole up to this many times the budget: the trigger of
+# a long message can sit anywhere in it, and the system prompt (persona, guidelines) must stay.
+LONG_MESSAGE_FACTOR = 4
+
+
 def prompt_ids(tokenizer, snap: Snapshot, max_tokens: int = 1024, extra_guidelines: str = "") -> list[int]:
     """Token ids of the rendered prompt; drops the oldest history pairs until it fits `max_tokens`.
 
-    If even the history-free prompt is too long, it keeps the last `max_tokens` ids (the final user
-    message and the generation prompt matter most).
+    `max_tokens` is a budget for the history: the system prompt and the final user message are never
+    dropped. If the history-free prompt is still longer, it is kept whole up to `LONG_MESSAGE_FACTOR` x
+    `max_tokens`; beyond that the message's middle is cut (its start and end are kept, joined by " ... ").
+    Cutting the prompt's head instead, as this did before, removed the persona and the chat template's
+    opening and, in a long message, the trigger itself (adversarial-v1's `buried` family).
     """
     turns = len(snap.history)
     while True:
         ids = _template_ids(tokenizer, render_messages(snap, extra_guidelines, history_turns=turns))
-        if len(ids) <= max_tokens or turns == 0:
-            return ids[-max_tokens:]
+        if len(ids) <= max_tokens:
+            return ids
+        if turns == 0:
+            break
         turns -= 2
+    hard = LONG_MESSAGE_FACTOR * max_tokens
+    if len(ids) <= hard:
+        return ids
+    msg = tokenizer(snap.message, add_special_tokens=False)["input_ids"]
+    keep = max(len(msg) - (len(ids) - hard) - 8, 2)  # 8: room for the marker and re-tokenisation at the joins
+    while True:
+        cut = snap.model_copy(update={"message": _middle_cut(tokenizer, msg, keep), "history": []})
+        ids = _template_ids(tokenizer, render_messages(cut, extra_guidelines))
+        if len(ids) <= hard or keep <= 2:
+            return ids[-hard:] if len(ids) > hard else ids  # a system prompt alone over the cap: its head goes
+        keep = max(keep - (len(ids) - hard) - 8, 2)
+
+
+def _middle_cut(tokenizer, ids: list[int], keep: int) -> str:
+    """The text of `ids` with all but `keep` tokens cut from the middle (start and end kept)."""
+    head = tokenizer.decode(ids[: keep - keep // 2])
+    tail = tokenizer.decode(ids[len(ids) - keep // 2 :])
+    return f"{head} ... {tail}"
 
 
 def reply_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
