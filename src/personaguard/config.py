@@ -75,6 +75,15 @@ class GenerateOptions(_Strict):
         description="Share of final messages sent together with an unrelated everyday line (before or after "
         "it, triggering or not): real turns often bury a proposal or a question among other news.",
     )
+    long_turn_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of final messages buried in a long ramble (2-6 unrelated everyday lines before it and "
+        "after it, triggering or not), so a trigger in the middle of a long message is still found and a long "
+        "chatty message alone is no reason to fire. Such prompts run longer than max_prompt_tokens (the message "
+        "is never cut below 4x that budget), so training gets slower.",
+    )
     shared_hard_share: float = Field(
         0.4,
         ge=0,

@@ -145,6 +145,23 @@ def test_mixed_turns_bury_the_message_among_everyday_lines():
     assert all(r["message"] in trig for r in plain if r["label"] == "politics")
 
 
+def test_long_turns_put_the_message_in_the_middle_of_a_ramble_for_both_labels():
+    pools = load_pools()
+    trig = {m["text"] for m in pools.triggers["politics"].messages}
+    everyday = {x["text"] for x in pools.neutral}
+    kw = dict(n=200, mixed_turn_share=0.0, multi_message_share=0.0, continuation_share=0.0, compound_trigger_share=0.0)
+    rows = _memory_rows(long_turn_share=1.0, **kw)
+    for label in ("politics", "none"):
+        msgs = [r["message"] for r in rows if r["label"] == label]
+        assert msgs and all(sum(line in m for line in everyday) >= 4 for m in msgs)  # a long turn for either label
+    for r in rows:
+        if r["label"] == "politics":
+            t = next(t for t in trig if t in r["message"])
+            i = r["message"].index(t)
+            assert 0 < i and i + len(t) < len(r["message"])  # everyday lines before and after the trigger
+    assert not any(sum(line in r["message"] for line in everyday) >= 4 for r in _memory_rows(long_turn_share=0.0, **kw))
+
+
 def test_compound_triggers_carry_own_and_another_trigger_and_are_tagged():
     pools = load_pools()
     own = {m["text"] for m in pools.triggers["politics"].messages}

@@ -57,6 +57,7 @@ LEGACY_OFF = {
     "continuation_share": 0.0,
     "multi_message_share": 0.0,
     "mixed_turn_share": 0.0,
+    "long_turn_share": 0.0,
     "shared_hard_share": 0.0,
     "compound_trigger_share": 0.0,
     "other_topic_share": 0.0,
@@ -214,7 +215,12 @@ class OfflineGenerator:
         "we should have a jam session"), as real turns bury a proposal among other news.
 
         Triggering and neutral messages get them at the same rates, so the extra lines carry no signal
-        and the adapter learns to read the line that matters wherever it sits."""
+        and the adapter learns to read the line that matters wherever it sits. `long_turn_share` goes
+        further: the message in the middle of 4-12 such lines, as one paragraph or one line each."""
+        if self.side_lines and rng.random() < self.cfg.long_turn_share:
+            before = rng.sample(self.side_lines, rng.randint(2, 6))
+            after = rng.sample(self.side_lines, rng.randint(2, 6))
+            return (" " if rng.random() < 0.5 else "\n").join([*before, message, *after])
         if self.side_lines and rng.random() < self.cfg.mixed_turn_share:
             side = rng.choice(self.side_lines)
             message = f"{side}\n{message}" if rng.random() < 0.5 else f"{message}\n{side}"
