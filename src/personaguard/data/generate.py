@@ -217,7 +217,8 @@ class OfflineGenerator:
         Triggering and neutral messages get them at the same rates, so the extra lines carry no signal
         and the adapter learns to read the line that matters wherever it sits. `long_turn_share` goes
         further: the message in the middle of 4-12 such lines, as one paragraph or one line each."""
-        if self.side_lines and rng.random() < self.cfg.long_turn_share:
+        # no draw while it is off: data made with the same seed before it existed stays the same
+        if self.side_lines and self.cfg.long_turn_share and rng.random() < self.cfg.long_turn_share:
             before = rng.sample(self.side_lines, rng.randint(2, 6))
             after = rng.sample(self.side_lines, rng.randint(2, 6))
             return (" " if rng.random() < 0.5 else "\n").join([*before, message, *after])
