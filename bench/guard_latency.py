@@ -10,9 +10,12 @@ one process, snapshot by snapshot in turn so that drift hits every variant alike
 
 - the base model's first token (one prefill forward pass) — what a plain server pays before its first
   token;
-- the guard decision of `personaguard serve` (Engine.decide) with 1 adapter and with each `--members`
-  count, starting from the base model active, as a turn that did not fire leaves it (the decision
-  pays for switching its adapters on). Target: one adapter <= 1.15x the base first token;
+- the guard decision of `personaguard serve` (Engine.decide) with 1 adapter, from the state the
+  previous turn of the same persona leaves (its adapter still on: a lone guardrail writes its own
+  quiet turns too). Target: <= 1.15x the base first token. Also, untargeted, the same decision
+  switched in from the base model (a persona's first turn after another persona's);
+- the decision with each `--members` count, from the base model active, as a stack's quiet turn
+  leaves it (the decision pays for switching its adapters on);
 - a full turn (decision + reply of up to `--reply-tokens` tokens, Engine.turn) against a two-pass
   pipeline that first classifies the prompt with a separate model of the same size (one prefill
   forward pass of a second copy of the base) and then lets the base model write a reply of the same
@@ -85,18 +88,22 @@ def main(argv: list[str] | None = None) -> int:
             engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)
         return time.perf_counter() - t0
 
-    def decision(ids, k):
-        engine._activate([])  # untimed: the state a turn that did not fire leaves
+    def decision(ids, k, start):
+        engine._activate(start)  # untimed: the state the previous turn leaves
         t0 = time.perf_counter()
         engine.decide(ids, list(names[:k]))
         return time.perf_counter() - t0
 
-    base_first_token(prompts[0]), decision(prompts[0], max(sizes))  # warm-up
-    times: dict[str, list[float]] = {"base": [], **{f"decision_{k}": [] for k in sizes}}
+    def start(k):
+        return [names[0]] if k == 1 else []  # a lone guardrail stays on after its turn; a stack's quiet turn ends on the base
+
+    base_first_token(prompts[0]), decision(prompts[0], max(sizes), [])  # warm-up
+    times: dict[str, list[float]] = {"base": [], "decision_1_switched": [], **{f"decision_{k}": [] for k in sizes}}
     for ids in prompts:
         times["base"].append(base_first_token(ids))
+        times["decision_1_switched"].append(decision(ids, 1, []))
         for k in sizes:
-            times[f"decision_{k}"].append(decision(ids, k))
+            times[f"decision_{k}"].append(decision(ids, k, start(k)))
 
     def our_turn(snap) -> tuple[float, int]:
         engine.lock.acquire()  # turn() takes it; wait here for any earlier reply thread to let go
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
         "median_s": med,
         "decision_1_vs_base": med["decision_1"] / med["base"],
+        "decision_1_switched_vs_base": med["decision_1_switched"] / med["base"],
         **{f"decision_{k}_vs_1": med[f"decision_{k}"] / med["decision_1"] for k in sizes if k != 1},
         "turn_median_s": statistics.median(turn_times),
         "two_pass_median_s": statistics.median(pass_times),
@@ -153,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{len(prompts)} snapshots from {path} (mean prompt {result['mean_prompt_tokens']:.0f} tokens), {result['device']}")
     print(f"base model first token: {med['base'] * 1000:.1f} ms (median)")
+    print(
+        f"guard decision, 1 member switched in from the base model: {med['decision_1_switched'] * 1000:.1f} ms "
+        f"= {result['decision_1_switched_vs_base']:.2f}x base"
+    )
     for k in sizes:
         extra = "" if k == 1 else f" = {result[f'decision_{k}_vs_1']:.2f}x one adapter"
         print(f"guard decision, {k} member(s): {med[f'decision_{k}'] * 1000:.1f} ms{extra}")

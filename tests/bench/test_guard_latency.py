@@ -12,7 +12,7 @@ def test_guard_latency_bench_times_every_variant(tiny_model_dir, tmp_path, monke
     argv = ["--model", tiny_model_dir, "--data", "real-chats-v1", "--n", "4", "--members", "2", "3"]
     rc = mod.main([*argv, "--reply-tokens", "4", "--turns", "2", "--out", str(out)])
     res = json.loads(out.read_text())
-    assert rc == 0 and set(res["median_s"]) == {"base", "decision_1", "decision_2", "decision_3"}
+    assert rc == 0 and set(res["median_s"]) == {"base", "decision_1", "decision_1_switched", "decision_2", "decision_3"}
     assert all(v > 0 for v in res["median_s"].values()) and res["turn_vs_two_pass"] > 0
     assert 1 <= res["mean_reply_tokens"] <= 4
     last = capsys.readouterr().out.rstrip().splitlines()[-1]

@@ -11,10 +11,18 @@ scores the prompt in one forward pass; the member whose greedy reply would begin
 fires (the most confident one when several do), writes the tag and answers after it; when none
 fires the base model answers with the tag's first token banned. So the decision is known before
 the first reply token, which is what lets the server put it in the first streamed chunk.
+
+One prefill per turn where it can be: the decision pass keeps its KV cache, and the reply continues
+from it when the member that scored the prompt also writes the reply: the member that fired, or a
+lone guardrail on a turn it did not fire (the adapter answers its own other turns with the tag
+banned, as `evaluate`'s adapter setting and the adapter's training have it). Only a stack of several
+members that all stay quiet needs a second prefill, by the base model. A lone guardrail's adapter
+also stays active after its turn, so the next turn of the same persona flips nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -119,6 +127,9 @@ class Engine:
         self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
+        # transformers renamed generate's `past_key_values` to `cache` (5.2x); the old name still works there, with a warning
+        forward = inspect.signature(type(self.model.get_base_model()).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     @property
     def guardrails(self) -> list[str]:
@@ -139,19 +150,39 @@ class Engine:
 
     def decide(self, ids: list[int], guardrails: list[str]) -> GuardDecision:
         """The routed decision of `guardrails` on one prompt (caller holds `lock`)."""
-        from ..inference import guard_pass
+        return self._decide(ids, guardrails)[0]
+
+    def _decide(self, ids: list[int], guardrails: list[str]) -> tuple[GuardDecision, dict]:
+        """(decision, {member: KV cache of its pass over the prompt and the tag but its last token})."""
         from ..stack.routing import route
 
         if not guardrails:
-            return GuardDecision(False, None, None)
-        passes = {}
+            return GuardDecision(False, None, None), {}
+        scores, greedy, caches = {}, {}, {}
         for m in guardrails:
             self._activate([m])
-            passes[m] = guard_pass(self.model, self.tokenizer, [ids], self.tag, batch_size=1)
-        scores = {m: passes[m].scores[0] for m in guardrails}
-        fired = route(scores, dict.fromkeys(guardrails), {m: passes[m].greedy[0] for m in guardrails})
+            scores[m], greedy[m], caches[m] = self._guard_forward(ids)
+        fired = route(scores, dict.fromkeys(guardrails), greedy)
         score = scores[fired] if fired else max(scores.values())
-        return GuardDecision(fired is not None, fired, score, scores)
+        return GuardDecision(fired is not None, fired, score, scores), caches
+
+    def _guard_forward(self, ids: list[int]) -> tuple[float, bool, object]:
+        """(P(reply starts with the tag), greedy first token is the tag's, KV cache) under the active adapter.
+
+        inference.guard_pass's computation for one prompt (prompt + tag, the logits that predict the tag
+        tokens), run over the tag but its last token and with the cache kept: the reply then starts
+        from it instead of a second prefill."""
+        import torch
+
+        from ..inference import tag_token_ids
+
+        tag = tag_token_ids(self.tokenizer, self.tag)
+        x = torch.tensor([ids + tag[:-1]], device=next(self.model.parameters()).device)
+        with torch.no_grad():
+            out = self.model(input_ids=x, use_cache=True, logits_to_keep=len(tag))
+        lp = torch.log_softmax(out.logits[0].float(), dim=-1)  # [T, V]: the positions that predict the tag tokens
+        score = float(lp[torch.arange(len(tag)), torch.tensor(tag, device=lp.device)].sum().exp())
+        return score, int(lp[0].argmax()) == tag[0], out.past_key_values
 
     def _activate(self, names: list[str]) -> None:
         """Make `names` the active adapters unless they already are (caller holds `lock`).
@@ -182,18 +213,30 @@ class Engine:
         state: dict = {}
         self.lock.acquire()
         try:
-            decision = self.decide(ids, guardrails)
-            pieces = self._reply(ids, decision, max_tokens, temperature, top_p, state)
+            decision, caches = self._decide(ids, guardrails)
+            # the member that scored the prompt writes the reply from its cache: the one that fired, or a lone guardrail
+            writer = decision.guardrail or (guardrails[0] if len(guardrails) == 1 else None)
+            cache = caches.get(writer) if writer else None
+            pieces = self._reply(ids, decision, writer, cache, max_tokens, temperature, top_p, state)
         except BaseException:  # the reply thread never started, so it cannot release the lock
             self.lock.release()
             raise
         return Turn(decision, len(ids), pieces, state)
 
     def _reply(
-        self, ids: list[int], decision: GuardDecision, max_tokens: int, temperature: float, top_p: float, state: dict
+        self,
+        ids: list[int],
+        decision: GuardDecision,
+        writer: str | None,
+        cache,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        state: dict,
     ) -> Iterator[str]:
-        """Starts the reply in a thread (transformers' streamer) and returns its text pieces; the
-        thread stops early when the reader goes away and releases `lock` when it ends."""
+        """Starts the reply of `writer` (an adapter, or the base model for None) in a thread (transformers'
+        streamer) and returns its text pieces; the thread stops early when the reader goes away and releases
+        `lock` when it ends. `cache` is the writer's decision pass (prompt + tag but its last token)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -227,11 +270,15 @@ class Engine:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not fired:
             kwargs["begin_suppress_tokens"] = tag_ids[:1]
+        if cache is not None:
+            if not fired:
+                cache.crop(-len(tag_ids))  # back to the prompt but its last token, fed again to predict the reply
+            kwargs[self._cache_arg] = cache
         error: list[BaseException] = []
 
         def work() -> None:
             try:
-                self._activate([fired] if fired else [])
+                self._activate([writer] if writer else [])
                 with torch.no_grad():
                     out = self.model.generate(**kwargs)
                 made = out.shape[1] - inputs.shape[1]

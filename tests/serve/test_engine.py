@@ -1,0 +1,86 @@
+"""The engine's one-prefill turn: its decision equals inference.guard_pass's, and a reply continued from
+the decision pass's KV cache equals the same writer's reply generated from scratch."""
+
+import pytest
+
+from personaguard.schema import Persona, Snapshot
+
+from .conftest import MESSAGE
+
+SNAPS = [
+    Snapshot(id="a", message=MESSAGE),
+    Snapshot(id="b", message="I baked bread today, it came out flat again", persona=Persona(name="Maya")),
+    Snapshot(id="c", message="should we meet up for coffee next week?", memories=["User likes tea"]),
+]
+
+
+def _ids(engine, snap):
+    from personaguard.prompt import prompt_ids
+
+    return prompt_ids(engine.tokenizer, snap, engine.max_prompt_tokens)
+
+
+@pytest.mark.parametrize("member", ["politics", "meeting"])
+def test_decision_pass_scores_like_guard_pass(engine, member):
+    from personaguard.adapters import use_adapters
+    from personaguard.inference import guard_pass
+
+    with engine.lock:
+        for snap in SNAPS:
+            ids = _ids(engine, snap)
+            with use_adapters(engine.model, [member]):
+                want = guard_pass(engine.model, engine.tokenizer, [ids], engine.tag, batch_size=1)
+                score, greedy, cache = engine._guard_forward(ids)
+            assert score == pytest.approx(want.scores[0], rel=1e-4, abs=1e-7) and greedy == want.greedy[0]
+            assert (
+                cache.get_seq_length() == len(ids) + len(engine.tokenizer(engine.tag, add_special_tokens=False)["input_ids"]) - 1
+            )
+
+
+def _from_scratch(engine, snap, writer, fired, n):
+    """The writer's greedy reply generated without any cache (the tag first when it fired, banned when not)."""
+    import torch
+
+    from personaguard.adapters import use_adapters
+    from personaguard.inference import tag_token_ids
+
+    tag = tag_token_ids(engine.tokenizer, engine.tag)
+    prefix = tag if fired else []
+    x = torch.tensor([_ids(engine, snap) + prefix])
+    extra = {} if fired else {"begin_suppress_tokens": tag[:1]}
+    with engine.lock, use_adapters(engine.model, [writer] if writer else []), torch.no_grad():
+        out = engine.model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=n - len(prefix),
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=engine.tokenizer.pad_token_id,
+            **extra,
+        )
+    text = engine.tokenizer.decode(out[0, x.shape[1] :], skip_special_tokens=True)
+    return f"{engine.tag} {text.lstrip()}" if fired else text
+
+
+@pytest.mark.parametrize("guardrails", [["politics"], ["meeting"], ["meeting", "politics"]])
+def test_reply_from_the_decision_cache_equals_the_reply_from_scratch(engine, guardrails):
+    from personaguard.adapters import active_adapters
+
+    for snap in SNAPS:
+        turn = engine.turn(snap, guardrails, 10)
+        got = "".join(turn.pieces)
+        fired = turn.decision.guardrail
+        writer = fired or (guardrails[0] if len(guardrails) == 1 else None)
+        with engine.lock:
+            left = active_adapters(engine.model)
+        # a lone guardrail stays on after its turn: the next turn of the same persona flips nothing
+        assert left == ([writer] if writer else [])
+        assert got == _from_scratch(engine, snap, writer, bool(fired), 10), (snap.id, guardrails, fired)
+
+
+def test_a_lone_guardrail_answers_its_quiet_turns_without_the_tag(engine):
+    turn = engine.turn(Snapshot(id="q", message=MESSAGE), ["meeting"], 8)
+    text = "".join(turn.pieces)
+    assert turn.decision.triggered is False and not text.startswith(engine.tag)
