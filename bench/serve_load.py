@@ -169,14 +169,14 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
     prompts = [prompt_ids(engine.tokenizer, Snapshot(id="b", message=m), 224) for m in MESSAGES]
     prompts = (prompts * (n // len(prompts) + 1))[:n]
 
-    def timed(fn) -> float:
-        """Mean seconds of fn(prompt); before each call the base model is made active, untimed, as a
-        turn whose reply did not fire leaves it: the decision pays for switching its adapters on."""
-        engine._activate([])
+    def timed(fn, start: list[str]) -> float:
+        """Mean seconds of fn(prompt); before each call, untimed, `start` is made active: what the previous
+        turn of the same persona leaves (a lone guardrail stays on; a stack's quiet turn ends on the base model)."""
+        engine._activate(start)
         fn(prompts[0])  # warm-up
         total = 0.0
         for p in prompts:
-            engine._activate([])
+            engine._activate(start)
             t0 = time.perf_counter()
             fn(p)
             total += time.perf_counter() - t0
@@ -186,11 +186,11 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
         with torch.no_grad():
             engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)
 
-    base = timed(base_first_token)
+    base = timed(base_first_token, [])
     out = {"base_first_token_s": base}
     for k in (1, 2, 3):
         members = list(GUARDRAILS[:k])
-        out[f"decision_{k}_s"] = timed(lambda ids, m=members: engine.decide(ids, m))
+        out[f"decision_{k}_s"] = timed(lambda ids, m=members: engine.decide(ids, m), members if k == 1 else [])
         out[f"ratio_{k}"] = out[f"decision_{k}_s"] / base
     return out
 

@@ -127,7 +127,7 @@ class Engine:
         self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
-        # transformers renamed generate's `past_key_values` to `cache` (5.2x); the old name still works there, with a warning
+        # transformers renamed `past_key_values` to `cache` (5.2x), in generate's arguments and in outputs; the old name warns
         forward = inspect.signature(type(self.model.get_base_model()).forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
@@ -182,7 +182,7 @@ class Engine:
             out = self.model(input_ids=x, use_cache=True, logits_to_keep=len(tag))
         lp = torch.log_softmax(out.logits[0].float(), dim=-1)  # [T, V]: the positions that predict the tag tokens
         score = float(lp[torch.arange(len(tag)), torch.tensor(tag, device=lp.device)].sum().exp())
-        return score, int(lp[0].argmax()) == tag[0], out.past_key_values
+        return score, int(lp[0].argmax()) == tag[0], getattr(out, self._cache_arg)
 
     def _activate(self, names: list[str]) -> None:
         """Make `names` the active adapters unless they already are (caller holds `lock`).
