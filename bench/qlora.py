@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -96,15 +95,7 @@ def load_check(args) -> dict:
 
 
 def _spawn(args, worker: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--device", args.device]
-    cmd += ["--precision", args.precision, "--pairs", str(args.pairs), "--steps", str(args.steps)]
-    cmd += ["--prompt-tokens", str(args.prompt_tokens), "--reply-tokens", str(args.reply_tokens)]
-    cmd += ["--batch-size", str(args.batch_size), "--adapter-dir", args.adapter_dir, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"the {worker} worker failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return tt._spawn(args, worker, __file__, ("--adapter-dir", args.adapter_dir, *extra))
 
 
 def main(argv: list[str] | None = None) -> int:

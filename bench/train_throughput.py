@@ -318,11 +318,12 @@ def first_step_terms(args) -> dict:
     }
 
 
-def _spawn(args, which: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", which, "--model", args.model, "--device", args.device]
+def _spawn(args, which: str, script: str = __file__, extra: tuple[str, ...] = ()) -> dict:
+    """Run `script --worker which` with the shared pair/trainer flags in a fresh process; its last stdout line (JSON)."""
+    cmd = [sys.executable, script, "--worker", which, "--model", args.model, "--device", args.device]
     cmd += ["--precision", args.precision, "--pairs", str(args.pairs), "--steps", str(args.steps)]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--reply-tokens", str(args.reply_tokens)]
-    cmd += ["--batch-size", str(args.batch_size)]
+    cmd += ["--batch-size", str(args.batch_size), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
