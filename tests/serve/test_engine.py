@@ -30,7 +30,7 @@ def test_decision_pass_scores_like_guard_pass(engine, member):
             ids = _ids(engine, snap)
             with use_adapters(engine.model, [member]):
                 want = guard_pass(engine.model, engine.tokenizer, [ids], engine.tag, batch_size=1)
-                score, greedy, cache = engine._guard_forward(ids)
+                (score,), (greedy,), cache = engine._guard_forward(ids, None)
             assert score == pytest.approx(want.scores[0], rel=1e-4, abs=1e-7) and greedy == want.greedy[0]
             assert (
                 cache.get_seq_length() == len(ids) + len(engine.tokenizer(engine.tag, add_special_tokens=False)["input_ids"]) - 1
@@ -84,3 +84,22 @@ def test_a_lone_guardrail_answers_its_quiet_turns_without_the_tag(engine):
     turn = engine.turn(Snapshot(id="q", message=MESSAGE), ["meeting"], 8)
     text = "".join(turn.pieces)
     assert turn.decision.triggered is False and not text.startswith(engine.tag)
+
+
+def test_a_stack_decides_in_one_mixed_batch_with_each_members_solo_scores(engine):
+    from personaguard.adapters import use_adapters
+
+    members = ["meeting", "politics"]
+    with engine.lock:
+        for snap in SNAPS:
+            ids = _ids(engine, snap)
+            solo = {}
+            for m in members:
+                with use_adapters(engine.model, [m]):
+                    (solo[m],), _, _ = engine._guard_forward(ids, None)
+            decision, caches = engine._decide(ids, members)
+            assert decision.scores == pytest.approx(solo, rel=1e-4, abs=1e-7)
+            # only the member that fired keeps its row of the batch's cache, as a one-row cache
+            assert list(caches) == ([decision.guardrail] if decision.triggered else [])
+            for cache in caches.values():
+                assert cache.layers[0].keys.shape[0] == 1

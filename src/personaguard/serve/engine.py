@@ -130,6 +130,7 @@ class Engine:
         # transformers renamed `past_key_values` to `cache` (5.2x), in generate's arguments and in outputs; the old name warns
         forward = inspect.signature(type(self.model.get_base_model()).forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        self._device = next(self.model.parameters()).device
 
     @property
     def guardrails(self) -> list[str]:
@@ -153,21 +154,38 @@ class Engine:
         return self._decide(ids, guardrails)[0]
 
     def _decide(self, ids: list[int], guardrails: list[str]) -> tuple[GuardDecision, dict]:
-        """(decision, {member: KV cache of its pass over the prompt and the tag but its last token})."""
+        """(decision, {member: KV cache of its pass over the prompt and the tag but its last token}).
+
+        One member: its own pass. Several: ONE forward pass whose rows are the same prompt, row i under member
+        i's adapter (PEFT's mixed-adapter batch, `adapter_names`): no adapter switch per member, and on a GPU
+        k rows cost about one. Only the member that fired keeps its cache row (it writes the reply)."""
         from ..stack.routing import route
 
         if not guardrails:
             return GuardDecision(False, None, None), {}
-        scores, greedy, caches = {}, {}, {}
-        for m in guardrails:
+        if len(guardrails) == 1:
+            (m,) = guardrails
             self._activate([m])
-            scores[m], greedy[m], caches[m] = self._guard_forward(ids)
-        fired = route(scores, dict.fromkeys(guardrails), greedy)
-        score = scores[fired] if fired else max(scores.values())
-        return GuardDecision(fired is not None, fired, score, scores), caches
+            score, greedy, cache = self._guard_forward(ids, None)
+            scores, greedies, caches = {m: score[0]}, {m: greedy[0]}, {m: cache}
+        else:
+            self._activate(guardrails)  # adapters enabled (a mixed batch ignores which are active, not that none is)
+            score, greedy, cache = self._guard_forward(ids, guardrails)
+            scores, greedies = dict(zip(guardrails, score)), dict(zip(guardrails, greedy))
+        fired = route(scores, dict.fromkeys(guardrails), greedies)
+        if len(guardrails) > 1:
+            caches = {}
+            if fired:
+                import torch
 
-    def _guard_forward(self, ids: list[int]) -> tuple[float, bool, object]:
-        """(P(reply starts with the tag), greedy first token is the tag's, KV cache) under the active adapter.
+                cache.batch_select_indices(torch.tensor([guardrails.index(fired)], device=self._device))
+                caches = {fired: cache}
+        top = scores[fired] if fired else max(scores.values())
+        return GuardDecision(fired is not None, fired, top, scores), caches
+
+    def _guard_forward(self, ids: list[int], rows: list[str] | None) -> tuple[list[float], list[bool], object]:
+        """P(reply starts with the tag), whether the greedy first token is the tag's, and the KV cache: for the
+        active adapter (rows None) or for one row per adapter named in `rows` (one mixed-adapter batch).
 
         inference.guard_pass's computation for one prompt (prompt + tag, the logits that predict the tag
         tokens), run over the tag but its last token and with the cache kept: the reply then starts
@@ -177,12 +195,15 @@ class Engine:
         from ..inference import tag_token_ids
 
         tag = tag_token_ids(self.tokenizer, self.tag)
-        x = torch.tensor([ids + tag[:-1]], device=next(self.model.parameters()).device)
+        x = torch.tensor([ids + tag[:-1]] * (len(rows) if rows else 1), device=self._device)
+        extra = {"adapter_names": list(rows)} if rows else {}
         with torch.no_grad():
-            out = self.model(input_ids=x, use_cache=True, logits_to_keep=len(tag))
-        lp = torch.log_softmax(out.logits[0].float(), dim=-1)  # [T, V]: the positions that predict the tag tokens
-        score = float(lp[torch.arange(len(tag)), torch.tensor(tag, device=lp.device)].sum().exp())
-        return score, int(lp[0].argmax()) == tag[0], getattr(out, self._cache_arg)
+            out = self.model(input_ids=x, use_cache=True, logits_to_keep=len(tag), **extra)
+        lp = torch.log_softmax(out.logits.float(), dim=-1)  # [rows, T, V]: the positions that predict the tag tokens
+        tag_t = torch.tensor(tag, device=lp.device)
+        scores = lp[:, torch.arange(len(tag)), tag_t].sum(-1).exp()
+        greedy = lp[:, 0].argmax(-1) == tag_t[0]
+        return [float(v) for v in scores], [bool(v) for v in greedy], getattr(out, self._cache_arg)
 
     def _activate(self, names: list[str]) -> None:
         """Make `names` the active adapters unless they already are (caller holds `lock`).
