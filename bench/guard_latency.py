@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     def start(k):
-        return [names[0]] if k == 1 else []  # a lone guardrail stays on after its turn; a stack's quiet turn ends on the base
+        """What the persona's previous quiet turn left active."""
+        writer = engine.quiet_writer(list(names[:k]))
+        return [writer] if writer else []
 
     base_first_token(prompts[0]), decision(prompts[0], max(sizes), [])  # warm-up
     times: dict[str, list[float]] = {"base": [], "decision_1_switched": [], **{f"decision_{k}": [] for k in sizes}}

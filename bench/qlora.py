@@ -41,30 +41,17 @@ def train_mode(args) -> dict:
     clock = tt._Clock()
     tmp = tempfile.mkdtemp(prefix="pg-qlora-")
     trainer = tt.ours_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback], logging_steps=1)
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    timing = tt.train_timed(trainer, cfg, feats, device, clock)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    steps = len(clock.times)
-    seconds = clock.times[-1] - clock.times[0]
-    n = (steps - 1) * cfg.batch_size
-    reply_tokens = sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats) / len(feats) * n
     adapter = Path(args.adapter_dir) / args.worker
     model.save_pretrained(str(adapter))
     return {
         "mode": args.worker,
-        "device": device,
-        "steps": steps,
-        "seconds": seconds,
-        "pairs_per_s": n / seconds,
-        "reply_tokens_per_s": reply_tokens / seconds,
-        "peak_gpu_gib": tt._peak_gpu_gib(device),
+        **timing,
+        "steps": timing["timed_steps"] + 1,
         "losses": losses,
         "all_losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
         "adapter": str(adapter),
-        "pair_tokens": sum(f["length"] for f in feats) / len(feats),
     }
 
 

@@ -190,7 +190,8 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
     out = {"base_first_token_s": base}
     for k in (1, 2, 3):
         members = list(GUARDRAILS[:k])
-        out[f"decision_{k}_s"] = timed(lambda ids, m=members: engine.decide(ids, m), members if k == 1 else [])
+        quiet = engine.quiet_writer(members)
+        out[f"decision_{k}_s"] = timed(lambda ids, m=members: engine.decide(ids, m), [quiet] if quiet else [])
         out[f"ratio_{k}"] = out[f"decision_{k}_s"] / base
     return out
 

@@ -204,6 +204,19 @@ def worker(args) -> dict:
         trainer = ours_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback])
     else:
         trainer = _trl_trainer(cfg, model, tok, feats, tmp, args.steps, device, [clock.callback])
+    return {
+        "trainer": args.worker,
+        **train_timed(trainer, cfg, feats, device, clock),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+    }
+
+
+def train_timed(trainer, cfg, feats: list[dict], device: str, clock: _Clock) -> dict:
+    """Train with `trainer` (whose callbacks include `clock`); the figures every throughput bench reports.
+
+    Timing starts after the first optimiser step (warm-up) and ends after the last; the pairs counted are
+    those of the timed steps (the sampler order is the same seed for every trainer)."""
     if device.startswith("cuda"):
         import torch
 
@@ -211,21 +224,18 @@ def worker(args) -> dict:
     trainer.train()
     steps = len(clock.times)
     if steps < 2:
-        raise SystemExit(f"--steps {args.steps}: at least 2 optimiser steps are needed (the first is warm-up)")
+        raise SystemExit(f"only {steps} optimiser step(s) ran: --steps must be at least 2 (the first is warm-up)")
     seconds = clock.times[-1] - clock.times[0]
-    n = (steps - 1) * cfg.batch_size  # the pairs of the timed steps: the sampler order is the same seed for both
+    n = (steps - 1) * cfg.batch_size
     reply_tokens = sum(len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in feats) / len(feats) * n
     return {
-        "trainer": args.worker,
         "device": device,
         "timed_steps": steps - 1,
         "seconds": seconds,
         "pairs_per_s": n / seconds,
         "reply_tokens_per_s": reply_tokens / seconds,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_gib": _peak_gpu_gib(device),
         "pair_tokens": sum(f["length"] for f in feats) / len(feats),
-        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
 
 

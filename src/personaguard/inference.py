@@ -43,6 +43,16 @@ class GuardPass:
     first_logps: list[float]  # log-prob of the tag's first token as the reply's first token (the decision itself)
 
 
+def tag_logprobs(logits, tag_t):
+    """From the logits at the positions that predict the tag's T tokens ([B, T, V]) and the tag ids ([T]): the
+    log-probs [B, T, V], the tag's total log-prob [B] and whether the greedy first token is the tag's [B]."""
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    total = lp[:, torch.arange(len(tag_t), device=lp.device), tag_t].sum(-1)
+    return lp, total, logits[:, 0].argmax(-1) == tag_t[0]
+
+
 def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> GuardPass:
     """The guard score of every prompt and whether greedy decoding would start with the tag."""
     import torch
@@ -68,9 +78,7 @@ def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size:
             logits = model(
                 input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), logits_to_keep=T + 1
             ).logits.float()
-        lp = torch.log_softmax(logits[:, :T], dim=-1)  # positions predicting the T tag tokens
-        total = lp[:, torch.arange(T, device=dev), tag_t].sum(-1)
-        first_is_tag = logits[:, 0].argmax(-1) == tag_t[0]
+        lp, total, first_is_tag = tag_logprobs(logits[:, :T], tag_t)  # positions predicting the T tag tokens
         dt = (time.perf_counter() - t0) / len(idx)
         for b, i in enumerate(idx):
             res.scores[i], res.greedy[i], res.seconds[i] = float(torch.exp(total[b])), bool(first_is_tag[b]), dt

@@ -75,13 +75,13 @@ def prompt_ids(tokenizer, snap: Snapshot, max_tokens: int = 1024, extra_guidelin
     if len(ids) <= hard:
         return ids
     msg = tokenizer(snap.message, add_special_tokens=False)["input_ids"]
-    keep = max(len(msg) - (len(ids) - hard) - 8, 2)  # 8: room for the marker and re-tokenisation at the joins
+    keep = len(msg)
     while True:
+        keep = max(keep - (len(ids) - hard) - 8, 2)  # 8: room for the marker and re-tokenisation at the joins
         cut = snap.model_copy(update={"message": _middle_cut(tokenizer, msg, keep), "history": []})
         ids = _template_ids(tokenizer, render_messages(cut, extra_guidelines))
         if len(ids) <= hard or keep <= 2:
-            return ids[-hard:] if len(ids) > hard else ids  # a system prompt alone over the cap: its head goes
-        keep = max(keep - (len(ids) - hard) - 8, 2)
+            return ids[-hard:]  # over the cap only when the system prompt alone is: then its head goes
 
 
 def _middle_cut(tokenizer, ids: list[int], keep: int) -> str:

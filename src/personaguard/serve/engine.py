@@ -163,23 +163,19 @@ class Engine:
 
         if not guardrails:
             return GuardDecision(False, None, None), {}
-        if len(guardrails) == 1:
-            (m,) = guardrails
-            self._activate([m])
-            score, greedy, cache = self._guard_forward(ids, None)
-            scores, greedies, caches = {m: score[0]}, {m: greedy[0]}, {m: cache}
-        else:
-            self._activate(guardrails)  # adapters enabled (a mixed batch ignores which are active, not that none is)
-            score, greedy, cache = self._guard_forward(ids, guardrails)
-            scores, greedies = dict(zip(guardrails, score)), dict(zip(guardrails, greedy))
-        fired = route(scores, dict.fromkeys(guardrails), greedies)
-        if len(guardrails) > 1:
-            caches = {}
-            if fired:
-                import torch
+        lone = len(guardrails) == 1
+        self._activate(guardrails)  # several: enabled for the mixed batch, which ignores which ones are active
+        score, greedy, cache = self._guard_forward(ids, None if lone else guardrails)
+        scores = dict(zip(guardrails, score))
+        fired = route(scores, dict.fromkeys(guardrails), dict(zip(guardrails, greedy)))
+        caches = {}
+        if lone:
+            caches = {guardrails[0]: cache}
+        elif fired:
+            import torch
 
-                cache.batch_select_indices(torch.tensor([guardrails.index(fired)], device=self._device))
-                caches = {fired: cache}
+            cache.batch_select_indices(torch.tensor([guardrails.index(fired)], device=self._device))
+            caches = {fired: cache}
         top = scores[fired] if fired else max(scores.values())
         return GuardDecision(fired is not None, fired, top, scores), caches
 
@@ -192,18 +188,22 @@ class Engine:
         from it instead of a second prefill."""
         import torch
 
-        from ..inference import tag_token_ids
+        from ..inference import tag_logprobs, tag_token_ids
 
         tag = tag_token_ids(self.tokenizer, self.tag)
         x = torch.tensor([ids + tag[:-1]] * (len(rows) if rows else 1), device=self._device)
         extra = {"adapter_names": list(rows)} if rows else {}
         with torch.no_grad():
             out = self.model(input_ids=x, use_cache=True, logits_to_keep=len(tag), **extra)
-        lp = torch.log_softmax(out.logits.float(), dim=-1)  # [rows, T, V]: the positions that predict the tag tokens
-        tag_t = torch.tensor(tag, device=lp.device)
-        scores = lp[:, torch.arange(len(tag)), tag_t].sum(-1).exp()
-        greedy = lp[:, 0].argmax(-1) == tag_t[0]
-        return [float(v) for v in scores], [bool(v) for v in greedy], getattr(out, self._cache_arg)
+        # logits_to_keep=T: exactly the positions that predict the tag tokens
+        _, total, greedy = tag_logprobs(out.logits, torch.tensor(tag, device=self._device))
+        return [float(v) for v in total.exp()], [bool(v) for v in greedy], getattr(out, self._cache_arg)
+
+    @staticmethod
+    def quiet_writer(guardrails: list[str]) -> str | None:
+        """Who answers a turn on which none of `guardrails` fired (and stays active after it): a lone guardrail's
+        own adapter, else the base model (None)."""
+        return guardrails[0] if len(guardrails) == 1 else None
 
     def _activate(self, names: list[str]) -> None:
         """Make `names` the active adapters unless they already are (caller holds `lock`).
@@ -236,7 +236,7 @@ class Engine:
         try:
             decision, caches = self._decide(ids, guardrails)
             # the member that scored the prompt writes the reply from its cache: the one that fired, or a lone guardrail
-            writer = decision.guardrail or (guardrails[0] if len(guardrails) == 1 else None)
+            writer = decision.guardrail or self.quiet_writer(guardrails)
             cache = caches.get(writer) if writer else None
             pieces = self._reply(ids, decision, writer, cache, max_tokens, temperature, top_p, state)
         except BaseException:  # the reply thread never started, so it cannot release the lock
@@ -274,8 +274,7 @@ class Engine:
         prefix = tag_ids if fired else []
         new_tokens = max(max_tokens - len(prefix), 1)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        dev = next(self.model.parameters()).device
-        inputs = torch.tensor([ids + prefix], device=dev)
+        inputs = torch.tensor([ids + prefix], device=self._device)
         kwargs = dict(
             input_ids=inputs,
             attention_mask=torch.ones_like(inputs),
