@@ -3,6 +3,7 @@
     python bench/real_dev.py                                  # 3 seeds, built-ins + configs/guardrails/religion.yaml
     python bench/real_dev.py --seeds 0 1 2 --guardrails politics expert_opinion meeting --out bench/results/real_dev.json
     python bench/real_dev.py --skip-train --run-root runs/real_dev   # evaluate adapters trained earlier
+    python bench/real_dev.py --average --seeds 0 1 2                # the mean of those seeds' adapters, evaluated once
 
 For each seed it trains one adapter per guardrail with the given config (each alone, data and
 training seeded; the three built-ins and one guardrail defined only in YAML, `religion`, whose data the
@@ -54,12 +55,13 @@ def single_checks(per_label: dict, guardrail: str, f1: float | None, baseline_f1
     }
 
 
-def train_and_evaluate(args, seed: int) -> Path:
+def train_and_evaluate(args, seed: int, run_dir: Path | None = None) -> Path:
     from personaguard import pipeline
     from personaguard.config import PipelineConfig, load_config
 
-    run_dir = Path(args.run_root) / f"seed{seed}"
-    settings = ["adapter", "adapter_gated"] + (["embedding"] if args.embedding else [])
+    run_dir = run_dir or Path(args.run_root) / f"seed{seed}"
+    # a seed average has no gate of its own (train/average.py), and the embedding baseline is the seeds' business
+    settings = ["adapter"] if args.average else ["adapter", "adapter_gated"] + (["embedding"] if args.embedding else [])
     sets = [
         f"guardrails=[{','.join(args.guardrails)}]",
         f"run_dir={run_dir}",
@@ -72,7 +74,23 @@ def train_and_evaluate(args, seed: int) -> Path:
     ]
     cfg = load_config(PipelineConfig, args.config, sets)
     start = 2 if args.skip_generate else 1
-    pipeline.run(cfg, start_step=3 if args.skip_train else start, end_step=3, source=args.config)
+    pipeline.run(cfg, start_step=3 if args.skip_train or args.average else start, end_step=3, source=args.config)
+    return run_dir
+
+
+def averaged_run(args) -> Path:
+    """A run folder whose adapters are the means of the seeds' adapters (train/average.py), built once.
+    Its data folder is the first seed's: the synthetic test splits hold only pool items that no seed's
+    training split has (pools are split by a hash of the text, whatever the seed)."""
+    from personaguard.train.average import average
+
+    root = Path(args.run_root)
+    run_dir = root / ("avg" + "-".join(map(str, args.seeds)))
+    for g in args.guardrails:
+        if not (run_dir / "adapters" / g).exists():
+            average([root / f"seed{s}" / "adapters" / g for s in args.seeds], run_dir / "adapters" / g)
+    if not (run_dir / "data").exists():
+        (run_dir / "data").symlink_to((root / f"seed{args.seeds[0]}" / "data").resolve(), target_is_directory=True)
     return run_dir
 
 
@@ -145,7 +163,7 @@ def seed_result(args, run_dir: Path, stacked: dict) -> dict:
     }
 
 
-def print_seed(seed: int, res: dict) -> tuple[int, int]:
+def print_seed(seed: int | str, res: dict) -> tuple[int, int]:
     met = total = 0
     print(f"\n## seed {seed}\n")
     labels = sorted(
@@ -194,17 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-label", type=int, default=0, help="stack: at most this many items per label (0 = all; for smoke runs)")
     ap.add_argument("--out", default="bench/results/real_dev.json")
     ap.add_argument("--no-embedding", action="store_true", help="skip the embedding baseline")
+    ap.add_argument(
+        "--average",
+        action="store_true",
+        help="evaluate the mean of the --seeds' adapters (trained earlier in --run-root) as one more row, not each seed",
+    )
     args = ap.parse_args(argv)
     args.embedding = not args.no_embedding and importlib.util.find_spec("sentence_transformers") is not None
     if not args.embedding and not args.no_embedding:
         print("embedding baseline: not run (sentence-transformers is not installed; pip install -e '.[baselines]')")
     results, met, total = {}, 0, 0
     t0 = time.perf_counter()
-    for seed in args.seeds:
-        run_dir = train_and_evaluate(args, seed)
+    # (name of the result row, seed of the config, run folder); an average is evaluated under its first seed's config
+    runs = (
+        [(avg.name, args.seeds[0], avg) for avg in [averaged_run(args)]] if args.average else [(s, s, None) for s in args.seeds]
+    )
+    for name, seed, run_dir in runs:
+        run_dir = train_and_evaluate(args, seed, run_dir)
         stacked = {} if args.no_stack else stack(args, run_dir)
-        results[seed] = seed_result(args, run_dir, stacked)
-        m, t = print_seed(seed, results[seed])
+        results[name] = seed_result(args, run_dir, stacked)
+        m, t = print_seed(name, results[name])
         met, total = met + m, total + t
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

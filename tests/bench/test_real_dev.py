@@ -1,6 +1,7 @@
 """bench/real_dev.py runs end to end on the tiny model (the real run trains SmolLM2; see its docstring)."""
 
 import json
+from pathlib import Path
 
 from . import load_bench
 
@@ -46,6 +47,7 @@ def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeyp
         [
             "--seeds",
             "0",
+            "1",
             "--guardrails",
             "politics",
             "meeting",
@@ -76,6 +78,7 @@ def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeyp
     )
     assert rc == 0
     res = json.loads(out.read_text())
+    assert set(res["seeds"]) == {"0", "1"}
     seed = res["seeds"]["0"]
     assert set(seed["singles"]) == {"politics", "meeting"}
     assert "adapter" in seed["singles"]["politics"] and "own" in seed["singles"]["politics"]["adapter"]["checks"]
@@ -84,3 +87,14 @@ def test_real_dev_bench_runs_on_the_tiny_model(tiny_model_dir, tmp_path, monkeyp
     assert "neutral@real-religion-v1" in seed["singles"]["politics"]["adapter"]["checks"]
     printed = capsys.readouterr().out
     assert "| politics / adapter |" in printed and printed.rstrip().splitlines()[-1].startswith("targets met: ")
+
+    # the mean of both seeds' adapters, evaluated as one more row from the same run folders
+    avg_out = tmp_path / "avg.json"
+    common = ["--guardrails", "politics", "meeting", "--run-root", str(tmp_path / "runs"), "--per-label", "4", "--no-embedding"]
+    tiny = ["--set", f"model={tiny_model_dir}", "--set", "evaluate.max_new_tokens=4", "--set", "evaluate.limit=12"]
+    assert bench.main(["--average", "--seeds", "0", "1", *common, *tiny, "--out", str(avg_out)]) == 0
+    avg = json.loads(avg_out.read_text())["seeds"]
+    assert set(avg) == {"avg0-1"} and set(avg["avg0-1"]["singles"]["meeting"]) == {"adapter"}
+    members = json.loads((tmp_path / "runs" / "avg0-1" / "adapters" / "meeting" / "average.json").read_text())["members"]
+    assert [Path(m).parent.parent.name for m in members] == ["seed0", "seed1"]
+    assert len(avg["avg0-1"]["subsets"]) == len(bench.DATA)
