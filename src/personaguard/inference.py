@@ -53,8 +53,13 @@ def tag_logprobs(logits, tag_t):
     return lp, total, logits[:, 0].argmax(-1) == tag_t[0]
 
 
-def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16) -> GuardPass:
-    """The guard score of every prompt and whether greedy decoding would start with the tag."""
+def guard_pass(
+    model, tokenizer, prompts: list[list[int]], tag: str, batch_size: int = 16, row_adapters: list[str] | None = None
+) -> GuardPass:
+    """The guard score of every prompt and whether greedy decoding would start with the tag.
+
+    `row_adapters[i]` names the loaded adapter that scores prompt i (PEFT's mixed-adapter batch; every named
+    adapter must be enabled); None = the active adapters for every prompt."""
     import torch
 
     tag_ids = tag_token_ids(tokenizer, tag)
@@ -74,9 +79,10 @@ def guard_pass(model, tokenizer, prompts: list[list[int]], tag: str, batch_size:
             ids[b, L - len(s) :] = torch.tensor(s)
             att[b, L - len(s) :] = 1
         pos = (att.cumsum(-1) - 1).clamp(min=0)
+        extra = {"adapter_names": [row_adapters[i] for i in idx]} if row_adapters else {}
         with torch.no_grad():
             logits = model(
-                input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), logits_to_keep=T + 1
+                input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), logits_to_keep=T + 1, **extra
             ).logits.float()
         lp, total, first_is_tag = tag_logprobs(logits[:, :T], tag_t)  # positions predicting the T tag tokens
         dt = (time.perf_counter() - t0) / len(idx)

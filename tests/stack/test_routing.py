@@ -250,3 +250,24 @@ def test_guard_pass_first_logps_are_the_tags_first_token_log_prob(stack):
                 ref = torch.log_softmax(model(torch.tensor([p])).logits[0, -1].float(), -1)[first].item()
             assert lp == pytest.approx(ref, abs=1e-4)
             assert math.log(score) <= lp + 1e-6  # the whole tag is no likelier than its first token
+
+
+def test_alone_passes_of_several_members_are_one_mixed_batch_equal_to_each_member_alone(stack, monkeypatch):
+    from personaguard import inference
+    from personaguard.adapters import active_adapters, use_adapters
+    from personaguard.stack import routing
+
+    model, tok, names, _, prompts = stack
+    calls = []
+    real = routing.guard_pass
+    monkeypatch.setattr(routing, "guard_pass", lambda *a, **k: calls.append(k.get("row_adapters")) or real(*a, **k))
+    before = active_adapters(model)
+    got = routing.alone_passes(model, tok, prompts, names, TAG, batch_size=2)
+    assert active_adapters(model) == before
+    assert calls == [[m for _ in prompts for m in names]]  # one pass, a row per (prompt, member)
+    for m in names:
+        with use_adapters(model, [m]):
+            alone = inference.guard_pass(model, tok, prompts, TAG)
+        assert got[m].scores == pytest.approx(alone.scores, rel=1e-5, abs=1e-12)
+        assert got[m].greedy == alone.greedy
+        assert got[m].first_logps == pytest.approx(alone.first_logps, rel=1e-5, abs=1e-6)
