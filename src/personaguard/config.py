@@ -424,7 +424,7 @@ STACK_METHOD_HELP: dict[str, str] = {
     "dynamic_gated": "the sum, its tag decided by the sum's guard score against one threshold calibrated on the members' "
     "pooled validation splits",
     "dynamic_agree": "the sum writes every reply, its tag kept only where at least one member alone would tag too "
-    "(one guard pass per member)",
+    "(every member's vote from one mixed-adapter pass)",
     "routed": "each member decides alone (as its greedy reply would); the one that fires writes the reply",
     "routed_gated": "routed, each member with its own gate threshold",
     "routed_joint": "routed, each gate recalibrated on all members' validation splits pooled",

@@ -2,6 +2,9 @@
 the merge tests do), PEFT loads it to the same logits as its own weighted `cat` merge, and bad inputs
 are refused without leaving a folder behind."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,6 +23,9 @@ def _seeds(tiny_model_dir, root, n=3, **kw):
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_average_delta_is_the_members_mean(tiny_model_dir, tmp_path, use_rslora):
     members = _seeds(tiny_model_dir, tmp_path, use_rslora=use_rslora)
+    cfg_path = Path(members[1]) / "adapter_config.json"  # PEFT writes target_modules from a set: any order
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "target_modules": sorted(cfg["target_modules"], reverse=True)}))
     res = average(members, tmp_path / "avg")
     got, s = factors(res.out_dir)
     assert res.rank == 12 and s == 1.0

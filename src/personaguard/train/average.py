@@ -72,6 +72,11 @@ def _scale(cfg: dict, module_key: str) -> tuple[int, float]:
     return r, alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 
+def _comparable(value):
+    """PEFT saves target_modules from a set, so two trainings of one config list them in different orders."""
+    return sorted(value) if isinstance(value, list) else value
+
+
 def _check(adapter_dirs: Sequence[Path]) -> tuple[list[dict], object]:
     if len(adapter_dirs) < 2:
         raise PersonaguardError("average needs at least two adapter folders of the same guardrail")
@@ -94,7 +99,7 @@ def _check(adapter_dirs: Sequence[Path]) -> tuple[list[dict], object]:
             raise PersonaguardError(
                 f"average: {adapter_dirs[0]} was trained on {first.base_model!r} but {d} on {info.base_model!r}"
             )
-        diff = [k for k in _SAME if cfg.get(k) != configs[0].get(k)]
+        diff = [k for k in _SAME if _comparable(cfg.get(k)) != _comparable(configs[0].get(k))]
         if diff:
             raise PersonaguardError(f"average: {d} differs from {adapter_dirs[0]} in adapter_config.json field(s) {diff}")
         if not (Path(d) / WEIGHTS).is_file():
