@@ -80,12 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(ServeConfig(adapters_dir=str(work / "adapters"), model=args.model, personas_dir=None))
     classifier, _ = load_model(args.model)  # the two-pass pipeline's separate model of the same size
     prompts = [prompt_ids(engine.tokenizer, s, engine.max_prompt_tokens) for s in snaps]
+    dev = next(engine.model.parameters()).device
+    classifier.to(dev)
+
+    def ids_tensor(ids):
+        return torch.tensor([ids], device=dev)
 
     def base_first_token(ids):
         engine._activate([])
         t0 = time.perf_counter()
         with torch.no_grad():
-            engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)
+            engine.model(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # .item() waits for a GPU
         return time.perf_counter() - t0
 
     def decision(ids, k, start):
@@ -121,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             with torch.no_grad():
-                classifier(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)  # the classifier
-                inputs = torch.tensor([ids])
+                classifier(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # the classifier
+                inputs = ids_tensor(ids)
                 engine.model.generate(
                     input_ids=inputs,
                     attention_mask=torch.ones_like(inputs),
