@@ -24,13 +24,12 @@ from pathlib import Path
 
 
 def main() -> None:
-    from personaguard.adapters import load_stack, use_adapters
-    from personaguard.inference import guard_pass
+    from personaguard.adapters import load_stack
     from personaguard.models import EMBEDDED, LoadOptions, load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot, read_jsonl
     from personaguard.stack.evaluate import shared_items
-    from personaguard.stack.routing import gate_thresholds, joint_gate
+    from personaguard.stack.routing import alone_passes, gate_thresholds, joint_gate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", required=True)
@@ -58,10 +57,8 @@ def main() -> None:
     joint = {}
     for split, snaps in splits.items():
         prompts = [prompt_ids(tok, s, a.max_prompt_tokens) for s in snaps]
-        passes = {}
-        for g, n in zip(G, names):
-            with use_adapters(model, [n]):
-                passes[g] = guard_pass(model, tok, prompts, "<guard>", 32)
+        by_name = alone_passes(model, tok, prompts, names, "<guard>", 32)
+        passes = {g: by_name[n] for g, n in zip(G, names)}
         if split == "validation":  # routing.joint_thresholds, from the passes already made
             joint = {g: joint_gate(passes[g].scores, [s.label for s in snaps], g) for g in G}
             rules["joint"] = lambda sc, gr, g: gr if joint[g] is None else sc >= joint[g]

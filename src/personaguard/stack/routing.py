@@ -113,11 +113,8 @@ def joint_thresholds(
 
     prompts = [prompt_ids(tokenizer, s, max_prompt_tokens) for s in snaps]
     labels = [s.label for s in snaps]
-    out = {}
-    for guardrail, name in members.items():
-        with use_adapters(model, [name]):
-            out[name] = joint_gate(guard_pass(model, tokenizer, prompts, tag, batch_size).scores, labels, guardrail)
-    return out
+    passes = alone_passes(model, tokenizer, prompts, list(members.values()), tag, batch_size)
+    return {name: joint_gate(passes[name].scores, labels, guardrail) for guardrail, name in members.items()}
 
 
 def joint_gate(scores: list[float], labels: list[str], guardrail: str) -> float | None:
