@@ -224,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     results, met, total = {}, 0, 0
     t0 = time.perf_counter()
     # (name of the result row, seed of the config, run folder); an average is evaluated under its first seed's config
-    runs = (
-        [(avg.name, args.seeds[0], avg) for avg in [averaged_run(args)]] if args.average else [(s, s, None) for s in args.seeds]
-    )
+    if args.average:
+        avg = averaged_run(args)
+        runs = [(avg.name, args.seeds[0], avg)]
+    else:
+        runs = [(s, s, None) for s in args.seeds]
     for name, seed, run_dir in runs:
         run_dir = train_and_evaluate(args, seed, run_dir)
         stacked = {} if args.no_stack else stack(args, run_dir)

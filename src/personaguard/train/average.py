@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters import read_info, read_peft_config, write_info
+from ..adapters import AdapterInfo, read_info, read_peft_config, write_info
 from ..errors import PersonaguardError
 
 WEIGHTS = "adapter_model.safetensors"
@@ -77,7 +77,7 @@ def _comparable(value):
     return sorted(value) if isinstance(value, list) else value
 
 
-def _check(adapter_dirs: Sequence[Path]) -> tuple[list[dict], object]:
+def _check(adapter_dirs: Sequence[Path]) -> tuple[list[dict], list[AdapterInfo]]:
     if len(adapter_dirs) < 2:
         raise PersonaguardError("average needs at least two adapter folders of the same guardrail")
     infos = [read_info(d) for d in adapter_dirs]
@@ -104,7 +104,7 @@ def _check(adapter_dirs: Sequence[Path]) -> tuple[list[dict], object]:
             raise PersonaguardError(f"average: {d} differs from {adapter_dirs[0]} in adapter_config.json field(s) {diff}")
         if not (Path(d) / WEIGHTS).is_file():
             raise PersonaguardError(f"{d}: no {WEIGHTS} (expected a saved PEFT adapter)")
-    return configs, first
+    return configs, infos
 
 
 def average(adapter_dirs: Sequence[str | Path], out_dir: str | Path) -> AverageResult:
@@ -118,7 +118,8 @@ def average(adapter_dirs: Sequence[str | Path], out_dir: str | Path) -> AverageR
     out = Path(out_dir)
     if out.exists():
         raise PersonaguardError(f"{out} already exists; average never overwrites, choose a new out_dir")
-    configs, info = _check(dirs)
+    configs, infos = _check(dirs)
+    info = infos[0]
     k = len(dirs)
     tensors = [load_file(str(d / WEIGHTS)) for d in dirs]
     keys = sorted(tensors[0])
@@ -164,7 +165,7 @@ def average(adapter_dirs: Sequence[str | Path], out_dir: str | Path) -> AverageR
             max_prompt_tokens=info.max_prompt_tokens,
             max_reply_tokens=info.max_reply_tokens,
             gate_threshold=None,
-            run_id="average-" + "-".join(str(read_info(d).run_id) for d in dirs),
+            run_id="average-" + "-".join(str(i.run_id) for i in infos),
         )
         (tmp / "average.json").write_text(
             json.dumps({"members": [str(d.resolve()) for d in dirs], "rank": rank}, indent=2), encoding="utf-8"
