@@ -61,11 +61,12 @@ def random_adapters(model: str, root: Path, seed: int = 0, names: tuple[str, ...
     from personaguard.adapters import write_info
     from personaguard.guardrails import Guardrail, registry
     from personaguard.inference import tag_token_ids
-    from personaguard.models import load_model
+    from personaguard.models import LoadOptions, load_model
     from personaguard.prompt import prompt_ids
     from personaguard.schema import Snapshot
 
-    base, tok = load_model(model)
+    # built and saved on the CPU in fp32 wherever the bench then runs: the weights are drawn on the CPU
+    base, tok = load_model(model, LoadOptions(device="cpu", precision="fp32"))
     tag0 = tag_token_ids(tok, "<guard>")[0]
     toward_tag = base.get_output_embeddings().weight[tag0].detach().float()
     toward_tag = toward_tag / toward_tag.norm()
