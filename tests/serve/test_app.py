@@ -242,6 +242,7 @@ def test_bearer_token_from_the_environment(serve_cfg, engine, monkeypatch, caplo
     assert ask(client).status_code == 401
     assert client.post(CHAT, json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/v1/models").status_code == 401
+    assert client.post("/tokenize", json={"prompt": "hi"}).status_code == 401
     assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
     ok = client.post(
         CHAT,
@@ -297,6 +298,35 @@ def test_adapters_come_only_from_the_configured_folder(tmp_path):
         discover_adapters(tmp_path / "missing")
 
 
+def test_tokenize_is_vllms_endpoint_over_the_served_tokenizer(client, engine):
+    r = client.post("/tokenize", json={"model": "politics", "prompt": "hello " + engine.tag, "add_special_tokens": False})
+    assert r.status_code == 200
+    want = engine.tokenizer("hello " + engine.tag, add_special_tokens=False)["input_ids"]
+    assert r.json()["tokens"] == want and r.json()["count"] == len(want)
+    assert client.post("/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404
+    assert client.post("/tokenize", json={"text": "x"}).status_code == 400
+
+
+def test_logit_bias_shapes_the_reply_and_bad_values_are_400(client, engine):
+    """+100 on one token makes the greedy reply that token over and over; ids and biases are checked."""
+    token = engine.tokenize(" ok", add_special_tokens=False)[0]
+    out = ask(client, model=engine.model_id, max_tokens=4, logit_bias={str(token): 100})
+    assert out.status_code == 200
+    assert out.json()["choices"][0]["message"]["content"] == engine.tokenizer.decode([token] * 4, skip_special_tokens=True)
+    assert (
+        ask(client, model=engine.model_id, max_tokens=4).json()["choices"][0]["message"]["content"]
+        != out.json()["choices"][0]["message"]["content"]
+    )
+    for bias, words in (
+        ({"abc": 1}, "not a token id"),
+        ({"5": 500}, "outside -100..100"),
+        ({"99999999": 1}, "over the vocabulary"),
+    ):
+        r = ask(client, model=engine.model_id, max_tokens=2, logit_bias=bias)
+        assert r.status_code == 400 and words in r.json()["error"]["message"], (bias, r.text)
+        assert "logit_bias" in r.json()["error"]["message"]
+
+
 # ------------------------------------------------------------------ the router in front of an upstream
 
 
@@ -332,9 +362,52 @@ def test_router_in_front_of_our_own_server_follows_the_upstream_adapters(client,
         assert chunks[0]["guard"] == {"triggered": fired is not None, "guardrail": fired, "score": None}, guardrails
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert text.startswith(engine.tag) == (fired is not None)
+        if len(guardrails) == 1:  # a lone guardrail answers its quiet turns too, as the local engine does
+            assert text == direct[guardrails[0]], guardrails
+    assert router_engine.tag_token == engine.tokenize(engine.tag, add_special_tokens=False)[0]
     assert ask(router, model=engine.model_id, guardrails=["nope"]).status_code == 400
     out = ask(router, model="politics", max_tokens=4).json()
     assert out["usage"]["prompt_tokens"] > 0 and out["usage"]["completion_tokens"] >= 1
+
+
+def test_router_bans_the_tag_on_a_sampled_quiet_turn_of_a_lone_guardrail(client, serve_cfg, engine):
+    """Sampling could draw the tag where the decision said "quiet": the reply request carries
+    logit_bias -100 on the tag's first token (from the upstream's /tokenize); an upstream without
+    /tokenize gets such turns from the base model. Greedy turns and stacks send no bias."""
+    import json as _json
+
+    from fastapi.testclient import TestClient
+
+    from personaguard.serve.app import create_app
+    from personaguard.serve.upstream import UpstreamEngine
+
+    sent: list[dict] = []
+
+    def record(request):
+        if request.url.path.endswith("/chat/completions"):
+            sent.append(_json.loads(request.content))
+
+    client.event_hooks["request"].append(record)
+    cfg = serve_cfg.model_copy(update={"upstream": "http://testserver", "tag": engine.tag, "personas_dir": None})
+    router_engine = UpstreamEngine(cfg, http_client=client)
+    router = TestClient(create_app(cfg, router_engine))
+    tag_id = str(router_engine.tag_token)
+
+    def reply_request(**body) -> dict:
+        sent.clear()
+        r = ask(router, model=engine.model_id, max_tokens=4, **body)
+        assert r.status_code == 200, r.text
+        return sent[-1]
+
+    quiet = reply_request(guardrails=["meeting"], temperature=0.8)  # meeting stays quiet on MESSAGE (conftest)
+    assert quiet["model"] == "meeting" and quiet["logit_bias"] == {tag_id: -100}
+    assert "logit_bias" not in reply_request(guardrails=["meeting"])  # greedy
+    fired = reply_request(guardrails=["politics"], temperature=0.8)
+    assert fired["model"] == "politics" and "logit_bias" not in fired
+    own = reply_request(guardrails=["meeting"], temperature=0.8, logit_bias={"7": 5})
+    assert own["logit_bias"] == {"7": 5, tag_id: -100}
+    router_engine.tag_token = None  # an upstream without /tokenize
+    assert reply_request(guardrails=["meeting"], temperature=0.8)["model"] == engine.model_id
 
 
 def test_router_refuses_an_upstream_without_adapters(serve_cfg, monkeypatch):

@@ -21,7 +21,7 @@ import uuid
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import ServeConfig
 from ..errors import PersonaguardError
@@ -76,9 +76,30 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
     persona: PersonaIn | None = None
     memories: list[str] | None = Field(None, max_length=100)
     guardrails: list[str] | None = Field(None, max_length=64)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        """OpenAI's form: token ids as strings, biases from -100 (never) to 100 (always)."""
+        for key, bias in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"key {key!r} is not a token id (a non-negative integer as a string)")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias {bias} of token {key} is outside -100..100")
+        return v
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize` (the router asks an upstream for the tag's token id this way)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, max_length=200)
+    prompt: str = Field(..., max_length=100_000)
+    add_special_tokens: bool = True
 
 
 class ApiError(PersonaguardError):
@@ -219,8 +240,8 @@ def create_app(cfg: ServeConfig, engine=None):
 
     @app.middleware("http")
     async def _guard_requests(request: Request, call_next):
-        """Bearer token on /v1/* when the token variable is set; body size limit on every request."""
-        if token is not None and request.url.path.startswith("/v1/"):
+        """Bearer token on /v1/* and /tokenize when the token variable is set; body size limit on every request."""
+        if token is not None and (request.url.path.startswith("/v1/") or request.url.path == "/tokenize"):
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
@@ -272,6 +293,13 @@ def create_app(cfg: ServeConfig, engine=None):
             )
         return {"object": "list", "data": rows}
 
+    @app.post("/tokenize")
+    def tokenize(req: TokenizeRequest):
+        if req.model is not None and req.model != engine.model_id and req.model not in engine.cards:
+            raise ApiError(404, f"model: unknown model '{req.model}'; see GET /v1/models", "model_not_found", "model")
+        tokens = engine.tokenize(req.prompt, req.add_special_tokens)
+        return {"count": len(tokens), "max_model_len": engine.max_model_len, "tokens": tokens}
+
     @app.get("/", response_class=HTMLResponse)
     def playground():
         return (resources.files("personaguard.serve") / "playground.html").read_text(encoding="utf-8")
@@ -296,7 +324,16 @@ def create_app(cfg: ServeConfig, engine=None):
             message, param = _validation_message(exc.errors())
             raise ApiError(400, f"messages: {message}", "invalid_messages", "messages") from None
         temperature = 0.0 if req.temperature is None else req.temperature
-        turn = engine.turn(snap, guardrails, max_tokens, temperature, req.top_p or 1.0, system)
+        bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+        too_big = [k for k in bias if engine.vocab_size is not None and k >= engine.vocab_size]
+        if too_big:
+            raise ApiError(
+                400,
+                f"logit_bias: token ids {too_big} are over the vocabulary ({engine.vocab_size})",
+                "invalid_logit_bias",
+                "logit_bias",
+            )
+        turn = engine.turn(snap, guardrails, max_tokens, temperature, req.top_p or 1.0, system, logit_bias=bias or None)
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "created": now, "model": req.model}
         if not req.stream:

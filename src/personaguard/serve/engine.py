@@ -141,6 +141,18 @@ class Engine:
         """What /v1/models says about each guardrail."""
         return {n: {"trigger": i.guardrail.trigger, "resolution": i.guardrail.resolution} for n, i in self.infos.items()}
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer: the token ids a `logit_bias` may name."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def max_model_len(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
     def check_guardrails(self, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in self.infos]
         if unknown:
@@ -224,8 +236,10 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         extra_guidelines: str = "",
+        logit_bias: dict[int, float] | None = None,
     ) -> Turn:
-        """Decide, then start the reply; the reply is produced while `pieces` is read.
+        """Decide, then start the reply; the reply is produced while `pieces` is read. `logit_bias`
+        (OpenAI's: token id -> bias added to its logit at every reply step) shapes the reply, not the decision.
 
         The lock is taken here and released when the reply ends, is closed early or fails, so the
         adapters stay exactly this request's until its last token."""
@@ -238,7 +252,7 @@ class Engine:
             # the member that scored the prompt writes the reply from its cache: the one that fired, or a lone guardrail
             writer = decision.guardrail or self.quiet_writer(guardrails)
             cache = caches.get(writer) if writer else None
-            pieces = self._reply(ids, decision, writer, cache, max_tokens, temperature, top_p, state)
+            pieces = self._reply(ids, decision, writer, cache, max_tokens, temperature, top_p, state, logit_bias)
         except BaseException:  # the reply thread never started, so it cannot release the lock
             self.lock.release()
             raise
@@ -254,6 +268,7 @@ class Engine:
         temperature: float,
         top_p: float,
         state: dict,
+        logit_bias: dict[int, float] | None = None,
     ) -> Iterator[str]:
         """Starts the reply of `writer` (an adapter, or the base model for None) in a thread (transformers'
         streamer) and returns its text pieces; the thread stops early when the reader goes away and releases
@@ -290,6 +305,8 @@ class Engine:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not fired:
             kwargs["begin_suppress_tokens"] = tag_ids[:1]
+        if logit_bias:
+            kwargs["sequence_bias"] = {(token,): float(bias) for token, bias in logit_bias.items()}
         if cache is not None:
             if not fired:
                 cache.crop(-len(tag_ids))  # back to the prompt but its last token, fed again to predict the reply

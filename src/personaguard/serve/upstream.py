@@ -6,9 +6,18 @@ Why a router: vLLM batches many requests across adapters on a GPU, but knows not
 per-request guardrail sets or the `guard` field. The router renders the persona prompt as the
 adapters were trained on it, asks each requested adapter for its first few tokens (greedy) — an
 adapter fires when its reply begins with the tag, the routed stack's own rule — and streams the
-reply from the adapter that fired, or from the base model. Members are asked in the request's
-order and the first that fires answers; without the upstream's log-probabilities there is no
-score to rank them by, so `score` is null here.
+reply from the adapter that fired. Members are asked in the request's order and the first that
+fires answers; without the upstream's log-probabilities there is no score to rank them by, so
+`score` is null here.
+
+A turn on which nothing fired is answered as the local engine answers it: by a lone guardrail's own
+adapter (the persona keeps its adapter's voice), by the base model under a stack. The local engine
+bans the tag's first token there; OpenAI's API has no "ban at the first step only", so:
+- greedy: the adapter's reply is the decision's own greedy continuation, which did not start with
+  the tag, so nothing needs banning;
+- sampling: `logit_bias` bans the tag's first token for the whole reply. Its id comes from the
+  upstream's `POST /tokenize` (vLLM's, and ours); an upstream without it gets such turns answered
+  by the base model, where no tag can appear.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from ..config import ServeConfig
 from ..errors import PersonaguardError
 from ..prompt import render_messages
 from ..schema import Snapshot
-from .engine import GuardDecision, Turn
+from .engine import Engine, GuardDecision, Turn
 
 DECISION_TOKENS = 8  # enough for the tag to appear whole at the start of the reply
 
@@ -55,6 +64,12 @@ class UpstreamEngine:
         }
         if not self._cards:
             raise PersonaguardError(f"upstream {cfg.upstream}: no LoRA adapters of '{self.base_model}' in /v1/models")
+        self._root = base[: -len("/v1")]  # vLLM serves /tokenize beside /v1, not under it
+        self.max_model_len, self.vocab_size = None, None  # the upstream checks its own limits
+        try:
+            self.tag_token: int | None = self.tokenize(self.tag, add_special_tokens=False)[0]
+        except (PersonaguardError, IndexError):
+            self.tag_token = None
 
     @property
     def guardrails(self) -> list[str]:
@@ -78,6 +93,20 @@ class UpstreamEngine:
         except openai.APIError as exc:
             raise PersonaguardError(f"upstream: {getattr(exc, 'message', exc)}") from None
 
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The upstream's token ids for `text` (its `POST /tokenize`)."""
+        import openai
+
+        body = {"model": self.base_model, "prompt": text, "add_special_tokens": add_special_tokens}
+        try:
+            out = self.api.post(self._root + "/tokenize", body=body, cast_to=object)
+        except openai.APIError as exc:
+            raise PersonaguardError(f"upstream /tokenize: {getattr(exc, 'message', exc)}") from None
+        tokens = out.get("tokens") if isinstance(out, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise PersonaguardError("upstream /tokenize: the answer has no list of token ids")
+        return tokens
+
     def decide(self, messages: list[dict], guardrails: list[str]) -> GuardDecision:
         for g in guardrails:
             out = self._call(model=g, messages=messages, max_tokens=DECISION_TOKENS, temperature=0)
@@ -93,18 +122,28 @@ class UpstreamEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         extra_guidelines: str = "",
+        logit_bias: dict[int, float] | None = None,
     ) -> Turn:
         guardrails = self.check_guardrails(guardrails)
         messages = render_messages(snap, extra_guidelines)
         decision = self.decide(messages, guardrails)
+        writer = decision.guardrail or Engine.quiet_writer(guardrails)
+        bias = dict(logit_bias or {})
+        if writer and not decision.triggered and temperature > 0:
+            if self.tag_token is None:
+                writer = None  # the tag cannot be banned at this upstream: the base model answers
+            else:
+                bias[self.tag_token] = -100
+        extra = {"logit_bias": {str(k): v for k, v in bias.items()}} if bias else {}
         stream = self._call(
-            model=decision.guardrail or self.base_model,
+            model=writer or self.base_model,
             messages=messages,
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
             stream=True,
             stream_options={"include_usage": True},
+            **extra,
         )
         state: dict = {}
         return Turn(decision, 0, self._pieces(stream, state), state)
