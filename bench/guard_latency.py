@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, nargs="+", default=[2, 4, 8], help="stack sizes to time besides one adapter")
     ap.add_argument("--reply-tokens", type=int, default=48)
     ap.add_argument("--turns", type=int, default=30, help="snapshots used for the full-turn comparison (slow part)")
+    ap.add_argument(
+        "--merge", default="auto", choices=["auto", "on", "off"], help="serve's merge_lone_adapter (off: LoRA layers unfolded)"
+    )
     ap.add_argument("--out", default="bench/results/guard_latency.json")
     args = ap.parse_args(argv)
 
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     names = tuple(f"member{k}" for k in range(max(sizes)))
     work = Path(tempfile.mkdtemp(prefix="guard_latency_"))
     random_adapters(args.model, work / "adapters", names=names)
-    engine = Engine(ServeConfig(adapters_dir=str(work / "adapters"), model=args.model, personas_dir=None))
+    cfg = ServeConfig(adapters_dir=str(work / "adapters"), model=args.model, personas_dir=None, merge_lone_adapter=args.merge)
+    engine = Engine(cfg)
     classifier, _ = load_model(args.model)  # the two-pass pipeline's separate model of the same size
     prompts = [prompt_ids(engine.tokenizer, s, engine.max_prompt_tokens) for s in snaps]
     dev = next(engine.model.parameters()).device
@@ -86,15 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     def ids_tensor(ids):
         return torch.tensor([ids], device=dev)
 
+    # every torch op on the engine's model thread, as the server runs them (serve/engine.py: one OpenMP team)
     def base_first_token(ids):
-        engine._activate([])
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            engine.model(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # .item() waits for a GPU
-        return time.perf_counter() - t0
+        def timed():
+            engine._activate([])
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                engine.model(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # .item() waits for a GPU
+            return time.perf_counter() - t0
+
+        return engine.run(timed)
 
     def decision(ids, k, start):
-        engine._activate(start)  # untimed: the state the previous turn leaves
+        engine.run(engine._activate, start)  # untimed: the state the previous turn leaves
         t0 = time.perf_counter()
         engine.decide(ids, list(names[:k]))
         return time.perf_counter() - t0
@@ -122,26 +130,29 @@ def main(argv: list[str] | None = None) -> int:
 
     def two_pass(ids, tokens: int) -> float:
         engine.lock.acquire()
-        engine._activate([])
         try:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                classifier(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # the classifier
-                inputs = ids_tensor(ids)
-                engine.model.generate(
-                    input_ids=inputs,
-                    attention_mask=torch.ones_like(inputs),
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,  # the same reply length as our turn wrote
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    pad_token_id=engine.tokenizer.pad_token_id,
-                )
-            return time.perf_counter() - t0
+            return engine.run(two_pass_timed, ids, tokens)
         finally:
             engine.lock.release()
+
+    def two_pass_timed(ids, tokens: int) -> float:
+        engine._activate([])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            classifier(input_ids=ids_tensor(ids), logits_to_keep=1).logits[0, -1].argmax().item()  # the classifier
+            inputs = ids_tensor(ids)
+            engine.model.generate(
+                input_ids=inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,  # the same reply length as our turn wrote
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
+        return time.perf_counter() - t0
 
     our_turn(snaps[0])  # warm-up
     turn_times, pass_times, tokens = [], [], []

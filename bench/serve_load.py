@@ -157,7 +157,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def decision_ratios(model: str, adapters: Path, n: int) -> dict:
+def decision_ratios(model: str, adapters: Path, n: int, merge: str = "auto") -> dict:
     """Seconds to the guard decision of 1, 2 and 3 members vs the base model's first-token prefill."""
     import torch
 
@@ -166,18 +166,18 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
     from personaguard.schema import Snapshot
     from personaguard.serve.engine import Engine
 
-    engine = Engine(ServeConfig(adapters_dir=str(adapters), model=model, personas_dir=None))
+    engine = Engine(ServeConfig(adapters_dir=str(adapters), model=model, personas_dir=None, merge_lone_adapter=merge))
     prompts = [prompt_ids(engine.tokenizer, Snapshot(id="b", message=m), 224) for m in MESSAGES]
     prompts = (prompts * (n // len(prompts) + 1))[:n]
 
     def timed(fn, start: list[str]) -> float:
         """Mean seconds of fn(prompt); before each call, untimed, `start` is made active: what the previous
         turn of the same persona leaves (a lone guardrail stays on; a stack's quiet turn ends on the base model)."""
-        engine._activate(start)
+        engine.run(engine._activate, start)  # on the engine's model thread, as every torch op of the server
         fn(prompts[0])  # warm-up
         total = 0.0
         for p in prompts:
-            engine._activate(start)
+            engine.run(engine._activate, start)
             t0 = time.perf_counter()
             fn(p)
             total += time.perf_counter() - t0
@@ -187,7 +187,7 @@ def decision_ratios(model: str, adapters: Path, n: int) -> dict:
         with torch.no_grad():
             engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits.argmax(-1)
 
-    base = timed(base_first_token, [])
+    base = timed(lambda ids: engine.run(base_first_token, ids), [])
     out = {"base_first_token_s": base}
     for k in (1, 2, 3):
         members = list(GUARDRAILS[:k])
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--decision-prompts", type=int, default=30)
+    ap.add_argument("--merge", default="auto", choices=["auto", "on", "off"], help="the server's merge_lone_adapter")
     ap.add_argument("--out", default="bench/results/serve_load.json")
     args = ap.parse_args(argv)
     from personaguard.models import resolve_model
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     log = (work / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "personaguard.cli", "serve", "--adapters-dir", str(adapters), "--port", str(port),
-         "--set", f"personas_dir={personas}", "--set", "served_model_name=base", "--set", "max_messages=8"],
+         "--set", f"personas_dir={personas}", "--set", "served_model_name=base", "--set", "max_messages=8",
+         "--set", f"merge_lone_adapter={args.merge}"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if ok:
         print(f"time to first chunk p50 {pct(firsts, 0.5):.2f} s, p95 {pct(firsts, 0.95):.2f} s")
         print(f"time to full reply  p50 {pct(totals, 0.5):.2f} s, p95 {pct(totals, 0.95):.2f} s")
-    ratios = decision_ratios(args.model, adapters, args.decision_prompts)
+    ratios = decision_ratios(args.model, adapters, args.decision_prompts, args.merge)
     for k in (1, 2, 3):
         print(f"guard decision, {k} member(s): {ratios[f'decision_{k}_s'] * 1000:.0f} ms = {ratios[f'ratio_{k}']:.2f}x "
               f"the base model's first token ({ratios['base_first_token_s'] * 1000:.0f} ms)")  # fmt: skip

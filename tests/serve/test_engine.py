@@ -74,7 +74,8 @@ def test_reply_from_the_decision_cache_equals_the_reply_from_scratch(engine, gua
         fired = turn.decision.guardrail
         writer = fired or (guardrails[0] if len(guardrails) == 1 else None)
         with engine.lock:
-            left = active_adapters(engine.model)
+            left = engine.active
+            assert left == active_adapters(engine.model)  # this engine does not fold adapters in (conftest)
         # a lone guardrail stays on after its turn: the next turn of the same persona flips nothing
         assert left == ([writer] if writer else [])
         assert got == _from_scratch(engine, snap, writer, bool(fired), 10), (snap.id, guardrails, fired)
@@ -103,3 +104,47 @@ def test_a_stack_decides_in_one_mixed_batch_with_each_members_solo_scores(engine
             assert list(caches) == ([decision.guardrail] if decision.triggered else [])
             for cache in caches.values():
                 assert cache.layers[0].keys.shape[0] == 1
+
+
+def test_a_lone_adapter_folded_into_the_weights_answers_as_its_lora_layers_and_unfolds_exactly(served, engine):
+    """merge_lone_adapter: the same turns on an engine that folds a lone adapter into the weights give the
+    LoRA engine's decisions (scores to fp32 rounding) and replies; stacks and the base model run on the
+    original weight tensors again, bit for bit."""
+    import torch
+
+    from personaguard.adapters import active_adapters
+    from personaguard.config import ServeConfig
+    from personaguard.serve.engine import Engine
+
+    adapters, personas, _ = served
+    folded = Engine(ServeConfig(adapters_dir=str(adapters), personas_dir=str(personas), merge_lone_adapter="on"))
+    folded.tag = engine.tag
+    assert folded.merge_lone and not engine.merge_lone
+    weights = {name: p.detach().clone() for name, p in folded.model.named_parameters() if "lora_" not in name}
+    for guardrails in (["politics"], ["meeting"], ["meeting", "politics"], [], ["politics"], ["meeting"], []):
+        for snap in SNAPS:
+            want, got = engine.turn(snap, guardrails, 10), folded.turn(snap, guardrails, 10)
+            assert "".join(got.pieces) == "".join(want.pieces), (snap.id, guardrails)
+            assert got.decision.guardrail == want.decision.guardrail
+            for m, score in want.decision.scores.items():
+                assert got.decision.scores[m] == pytest.approx(score, rel=1e-4, abs=1e-7)
+        with folded.lock:
+            if len(guardrails) == 1:  # folded in: the LoRA layers are off, the weights carry the adapter
+                assert folded.active == guardrails and active_adapters(folded.model) == []
+                assert folded._merged is not None
+            else:
+                assert folded._merged is None and folded.active == ([] if not guardrails else active_adapters(folded.model))
+                now = {name: p for name, p in folded.model.named_parameters() if "lora_" not in name}
+                assert all(torch.equal(now[name], w) for name, w in weights.items()), guardrails
+
+
+def test_auto_folds_fp32_weights_on_the_cpu_only(served):
+    """In bf16 the folded weight rounds W + BA once, the LoRA layer rounds W x and BA x apart: replies
+    could change, so `auto` leaves bf16 weights unfolded."""
+    from personaguard.config import ServeConfig
+    from personaguard.serve.engine import Engine
+
+    adapters = str(served[0])
+    assert Engine(ServeConfig(adapters_dir=adapters, personas_dir=None)).merge_lone
+    assert not Engine(ServeConfig(adapters_dir=adapters, personas_dir=None, precision="bf16")).merge_lone
+    assert not Engine(ServeConfig(adapters_dir=adapters, personas_dir=None, merge_lone_adapter="off")).merge_lone

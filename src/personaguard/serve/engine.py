@@ -18,13 +18,28 @@ lone guardrail on a turn it did not fire (the adapter answers its own other turn
 banned, as `evaluate`'s adapter setting and the adapter's training have it). Only a stack of several
 members that all stay quiet needs a second prefill, by the base model. A lone guardrail's adapter
 also stays active after its turn, so the next turn of the same persona flips nothing.
+
+All torch work runs on ONE thread of the engine (`run`). PyTorch's CPU ops use OpenMP, whose thread
+team belongs to the thread that calls them; once two threads have run ops, each decoding step of
+either pays for the other team's workers (on 2 cores a 48-token greedy reply took 4.9-5.2 s instead
+of 3.1 s, measured with the model loaded once: research log). A thread per request or per reply, as
+a web server gives, is therefore the slow case; one model thread keeps one team.
+
+A lone adapter is folded into the weights (`merge_lone_adapter`): each adapted layer gets a copy of
+its weight with the adapter's update added, swapped in for the original. An unmerged LoRA layer runs
+two skinny matmuls and PEFT's per-layer bookkeeping on top of the base matmul, which costs 23-28 %
+of a forward pass on the CPU for SmolLM2 (measured, research log) while adding ~5 % of its FLOPs;
+merged, the lone guardrail's decision and every reply token cost what the base model's do. Swapping
+the original tensors back is exact (PEFT's `unmerge_adapter` subtracts the update again and drifts
+by a rounding error per switch), at the price of one copy of the adapted weights in memory.
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +142,13 @@ class Engine:
         self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="personaguard-model")
+        self._model_thread = self._pool.submit(threading.current_thread).result()
+        weight = next(self.model.parameters())
+        fp32, on_cpu = str(weight.dtype) == "torch.float32", weight.device.type == "cpu"
+        self.merge_lone = cfg.merge_lone_adapter == "on" or (cfg.merge_lone_adapter == "auto" and fp32 and on_cpu)
+        self._merged: tuple[str, dict] | None = None  # (adapter, {layer: its original weight}) while one is folded in
+        self._can_merge: dict[str, bool] = {}
         # transformers renamed `past_key_values` to `cache` (5.2x), in generate's arguments and in outputs; the old name warns
         forward = inspect.signature(type(self.model.get_base_model()).forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
@@ -163,7 +185,7 @@ class Engine:
 
     def decide(self, ids: list[int], guardrails: list[str]) -> GuardDecision:
         """The routed decision of `guardrails` on one prompt (caller holds `lock`)."""
-        return self._decide(ids, guardrails)[0]
+        return self.run(self._decide, ids, guardrails)[0]
 
     def _decide(self, ids: list[int], guardrails: list[str]) -> tuple[GuardDecision, dict]:
         """(decision, {member: KV cache of its pass over the prompt and the tag but its last token}).
@@ -176,7 +198,7 @@ class Engine:
         if not guardrails:
             return GuardDecision(False, None, None), {}
         lone = len(guardrails) == 1
-        self._activate(guardrails)  # several: enabled for the mixed batch, which ignores which ones are active
+        self._activate(guardrails, mixed=not lone)  # several: enabled for the mixed batch, which ignores which are active
         score, greedy, cache = self._guard_forward(ids, None if lone else guardrails)
         scores = dict(zip(guardrails, score))
         fired = route(scores, dict.fromkeys(guardrails), dict(zip(guardrails, greedy)))
@@ -217,14 +239,69 @@ class Engine:
         own adapter, else the base model (None)."""
         return guardrails[0] if len(guardrails) == 1 else None
 
-    def _activate(self, names: list[str]) -> None:
+    def run(self, fn: Callable, *args, **kwargs):
+        """fn(*args, **kwargs) on the engine's model thread (where every torch op of the engine runs; see the
+        module docstring), waiting for its result. Code that times or drives `model` from outside uses this too."""
+        if threading.current_thread() is self._model_thread:
+            return fn(*args, **kwargs)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    @property
+    def active(self) -> list[str]:
+        """The adapters the model answers with now: the folded-in one, else the active LoRA layers."""
+        return [self._merged[0]] if self._merged else active_adapters(self.model)
+
+    def _activate(self, names: list[str], mixed: bool = False) -> None:
         """Make `names` the active adapters unless they already are (caller holds `lock`).
 
         Unlike `use_adapters` nothing is restored afterwards: each step sets what it needs, so a turn
         flips the LoRA layers once per member and once for the reply, and not at all when the previous
-        turn left the right set (a flip walks every LoRA layer: ~25 ms on SmolLM2 on a busy CPU)."""
+        turn left the right set (a flip walks every LoRA layer: ~25 ms on SmolLM2 on a busy CPU).
+        One adapter is folded into the weights when `merge_lone` is on, unless `mixed` (a mixed-adapter
+        batch needs the LoRA layers themselves)."""
+        if self.merge_lone and len(names) == 1 and not mixed and self._mergeable(names[0]):
+            if self._merged and self._merged[0] == names[0]:
+                return
+            self._unmerge()
+            if active_adapters(self.model):
+                activate(self.model, [])  # the folded weights carry the adapter; its LoRA layers stay off
+            self._merge(names[0])
+            return
+        self._unmerge()
         if active_adapters(self.model) != names:  # read off the model: nothing to keep in step with it
             activate(self.model, names)
+
+    def _mergeable(self, name: str) -> bool:
+        """Only plain LoRA on linear layers is folded in (no DoRA, no embedding LoRA): the adapters `train` makes."""
+        if name not in self._can_merge:
+            from peft.tuners.lora import Linear
+
+            holders = [
+                m for m in self.model.modules() if name in getattr(m, "lora_A", {}) or name in getattr(m, "lora_embedding_A", {})
+            ]
+            self._can_merge[name] = bool(holders) and all(
+                isinstance(m, Linear) and not m.use_dora.get(name, False) for m in holders
+            )
+        return self._can_merge[name]
+
+    def _merge(self, name: str) -> None:
+        import torch
+
+        originals = {}
+        with torch.no_grad():
+            for module in self.model.modules():
+                if name in getattr(module, "lora_A", {}):
+                    base = module.get_base_layer()
+                    originals[base] = base.weight
+                    folded = base.weight + module.get_delta_weight(name).to(base.weight.dtype)
+                    base.weight = torch.nn.Parameter(folded, requires_grad=False)
+        self._merged = (name, originals)
+
+    def _unmerge(self) -> None:
+        if self._merged:
+            for base, weight in self._merged[1].items():
+                base.weight = weight
+            self._merged = None
 
     # -- a whole turn --------------------------------------------------------------------------------
 
@@ -248,7 +325,7 @@ class Engine:
         state: dict = {}
         self.lock.acquire()
         try:
-            decision, caches = self._decide(ids, guardrails)
+            decision, caches = self.run(self._decide, ids, guardrails)
             # the member that scored the prompt writes the reply from its cache: the one that fired, or a lone guardrail
             writer = decision.guardrail or self.quiet_writer(guardrails)
             cache = caches.get(writer) if writer else None
@@ -308,13 +385,13 @@ class Engine:
         if logit_bias:
             kwargs["sequence_bias"] = {(token,): float(bias) for token, bias in logit_bias.items()}
         if cache is not None:
-            if not fired:
-                cache.crop(-len(tag_ids))  # back to the prompt but its last token, fed again to predict the reply
             kwargs[self._cache_arg] = cache
         error: list[BaseException] = []
 
         def work() -> None:
             try:
+                if cache is not None and not fired:
+                    cache.crop(-len(tag_ids))  # back to the prompt but its last token, fed again to predict the reply
                 self._activate([writer] if writer else [])
                 with torch.no_grad():
                     out = self.model.generate(**kwargs)
@@ -328,11 +405,10 @@ class Engine:
             finally:
                 self.lock.release()
 
-        thread = threading.Thread(target=work, name="personaguard-reply", daemon=True)
-        thread.start()  # now, not on first read: a reply nobody reads still ends and frees the lock
-        return self._read(streamer, thread, cancel, error, fired)
+        done = self._pool.submit(work)  # now, not on first read: a reply nobody reads still ends and frees the lock
+        return self._read(streamer, done, cancel, error, fired)
 
-    def _read(self, streamer, thread: threading.Thread, cancel: threading.Event, error: list, fired: str | None):
+    def _read(self, streamer, done, cancel: threading.Event, error: list, fired: str | None):
         try:
             first = True
             if fired:
@@ -343,7 +419,7 @@ class Engine:
                 first = first and not piece
                 if piece:
                     yield piece
-            thread.join()
+            done.result()
             if error:
                 raise error[0]
         finally:
