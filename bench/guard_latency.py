@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({1, *args.members})
     names = tuple(f"member{k}" for k in range(max(sizes)))
     work = Path(tempfile.mkdtemp(prefix="guard_latency_"))
-    random_adapters(args.model, work / "adapters", names=names)
+    # built on a thread of its own, which ends with its OpenMP team: the engine's model thread then runs alone
+    with ThreadPoolExecutor(1) as once:
+        once.submit(random_adapters, args.model, work / "adapters", names=names).result()
     cfg = ServeConfig(adapters_dir=str(work / "adapters"), model=args.model, personas_dir=None, merge_lone_adapter=args.merge)
     engine = Engine(cfg)
-    classifier, _ = load_model(args.model)  # the two-pass pipeline's separate model of the same size
+    classifier, _ = engine.run(load_model, args.model)  # the two-pass pipeline's separate model of the same size
     prompts = [prompt_ids(engine.tokenizer, s, engine.max_prompt_tokens) for s in snaps]
     dev = next(engine.model.parameters()).device
-    classifier.to(dev)
+    engine.run(classifier.to, dev)
 
     def ids_tensor(ids):
         return torch.tensor([ids], device=dev)

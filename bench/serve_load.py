@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
     resolve_model(args.model)
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    adapters = random_adapters(args.model, work / "adapters")
+    # on a thread of its own, which ends with its OpenMP team (serve/engine.py: the engine's model thread runs alone)
+    with ThreadPoolExecutor(1) as once:
+        adapters = once.submit(random_adapters, args.model, work / "adapters").result()
     personas = work / "personas"
     personas.mkdir()
     for name, text in PERSONAS.items():

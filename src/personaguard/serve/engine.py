@@ -22,8 +22,9 @@ also stays active after its turn, so the next turn of the same persona flips not
 All torch work runs on ONE thread of the engine (`run`). PyTorch's CPU ops use OpenMP, whose thread
 team belongs to the thread that calls them; once two threads have run ops, each decoding step of
 either pays for the other team's workers (on 2 cores a 48-token greedy reply took 4.9-5.2 s instead
-of 3.1 s, measured with the model loaded once: research log). A thread per request or per reply, as
-a web server gives, is therefore the slow case; one model thread keeps one team.
+of 3.1 s, measured with the model loaded once: research log); a team goes away with its thread. A
+thread per request or per reply, as a web server gives, is therefore the slow case; one model thread,
+which also loads the model, keeps one team.
 
 A lone adapter is folded into the weights (`merge_lone_adapter`): each adapted layer gets a copy of
 its weight with the adapter's update added, swapped in for the original. An unmerged LoRA layer runs
@@ -139,11 +140,11 @@ class Engine:
         )
         resolve_model(base)  # a clear error for an unknown model before the slow load
         opts = LoadOptions(device=cfg.device, precision=cfg.precision, load_in_4bit=cfg.load_in_4bit)
-        self.model, _ = load_stack(base, [str(p) for p in folders.values()], opts)
-        self.tokenizer = load_tokenizer(base)
-        self.lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="personaguard-model")
         self._model_thread = self._pool.submit(threading.current_thread).result()
+        self.model, _ = self.run(load_stack, base, [str(p) for p in folders.values()], opts)
+        self.tokenizer = load_tokenizer(base)
+        self.lock = threading.Lock()
         weight = next(self.model.parameters())
         fp32, on_cpu = str(weight.dtype) == "torch.float32", weight.device.type == "cpu"
         self.merge_lone = cfg.merge_lone_adapter == "on" or (cfg.merge_lone_adapter == "auto" and fp32 and on_cpu)
@@ -293,7 +294,11 @@ class Engine:
                 if name in getattr(module, "lora_A", {}):
                     base = module.get_base_layer()
                     originals[base] = base.weight
-                    folded = base.weight + module.get_delta_weight(name).to(base.weight.dtype)
+                    a, b = module.lora_A[name].weight, module.lora_B[name].weight
+                    if module.fan_in_fan_out:  # weight stored (in, out): the update is (B A) transposed
+                        folded = torch.addmm(base.weight, a.t(), b.t(), alpha=module.scaling[name])
+                    else:  # W + s B A in one kernel and one new tensor (PEFT's get_delta_weight makes two more)
+                        folded = torch.addmm(base.weight, b, a, alpha=module.scaling[name])
                     base.weight = torch.nn.Parameter(folded, requires_grad=False)
         self._merged = (name, originals)
 
