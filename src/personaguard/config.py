@@ -566,6 +566,12 @@ class ServeConfig(_Strict):
         "`Authorization: Bearer <token>` (the token is never stored or logged).",
     )
 
+    @field_validator("merge_lone_adapter", mode="before")
+    @classmethod
+    def _on_off(cls, v):
+        """YAML reads a bare on/off as a boolean (`--set merge_lone_adapter=off` included)."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
         if self.default_max_tokens > self.max_tokens_limit:

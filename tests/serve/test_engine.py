@@ -148,3 +148,12 @@ def test_auto_folds_fp32_weights_on_the_cpu_only(served):
     assert Engine(ServeConfig(adapters_dir=adapters, personas_dir=None)).merge_lone
     assert not Engine(ServeConfig(adapters_dir=adapters, personas_dir=None, precision="bf16")).merge_lone
     assert not Engine(ServeConfig(adapters_dir=adapters, personas_dir=None, merge_lone_adapter="off")).merge_lone
+
+
+def test_merge_lone_adapter_reads_yaml_on_and_off(served):
+    """`--set merge_lone_adapter=off` reaches the config as YAML's boolean false."""
+    from personaguard.config import ServeConfig, load_config
+
+    for given, want in (("off", "off"), ("on", "on"), ("auto", "auto"), ("false", "off")):
+        cfg = load_config(ServeConfig, None, [f"adapters_dir={served[0]}", f"merge_lone_adapter={given}"])
+        assert cfg.merge_lone_adapter == want
