@@ -114,6 +114,13 @@ def test_cli_serve_answers_the_openai_client_and_keeps_the_token_out_of_its_logs
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0)
         out = api.chat.completions.create(model="persona:maya", messages=[{"role": "user", "content": MESSAGE}], max_tokens=3)
         assert out.model_extra["guard"]["triggered"] in (True, False) and out.choices[0].message.content is not None
+        # streaming: the decision comes in the first chunk, before any text, and equals the greedy answer's
+        stream = api.chat.completions.create(
+            model="persona:maya", messages=[{"role": "user", "content": MESSAGE}], max_tokens=3, stream=True
+        )
+        chunks = list(stream)
+        assert chunks[0].model_extra["guard"] == out.model_extra["guard"] and not chunks[0].choices[0].delta.content
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == out.choices[0].message.content
         bad = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0)
         try:
             bad.models.list()
