@@ -145,15 +145,17 @@ class Engine:
         self.model, _ = self.run(load_stack, base, [str(p) for p in folders.values()], opts)
         self.tokenizer = load_tokenizer(base)
         self.lock = threading.Lock()
+        import torch
+
         weight = next(self.model.parameters())
-        fp32, on_cpu = str(weight.dtype) == "torch.float32", weight.device.type == "cpu"
-        self.merge_lone = cfg.merge_lone_adapter == "on" or (cfg.merge_lone_adapter == "auto" and fp32 and on_cpu)
+        self._device = weight.device
+        fp32_on_cpu = weight.dtype == torch.float32 and weight.device.type == "cpu"
+        self.merge_lone = cfg.merge_lone_adapter == "on" or (cfg.merge_lone_adapter == "auto" and fp32_on_cpu)
         self._merged: tuple[str, dict] | None = None  # (adapter, {layer: its original weight}) while one is folded in
         self._can_merge: dict[str, bool] = {}
         # transformers renamed `past_key_values` to `cache` (5.2x), in generate's arguments and in outputs; the old name warns
         forward = inspect.signature(type(self.model.get_base_model()).forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self._device = next(self.model.parameters()).device
 
     @property
     def guardrails(self) -> list[str]:
@@ -352,8 +354,8 @@ class Engine:
         state: dict,
         logit_bias: dict[int, float] | None = None,
     ) -> Iterator[str]:
-        """Starts the reply of `writer` (an adapter, or the base model for None) in a thread (transformers'
-        streamer) and returns its text pieces; the thread stops early when the reader goes away and releases
+        """Starts the reply of `writer` (an adapter, or the base model for None) on the model thread (transformers'
+        streamer) and returns its text pieces; generation stops early when the reader goes away and releases
         `lock` when it ends. `cache` is the writer's decision pass (prompt + tag but its last token)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
