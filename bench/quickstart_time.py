@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     per_label = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["settings"]["adapter"]["per_label"]
+    # the pipeline's own stage times; the rest of the wall time is setup, model loading and start-up
+    stages = json.loads((clone / "runs" / "quickstart" / "summary.json").read_text(encoding="utf-8"))["seconds"]
     result = {
         "commit": commit,
         "command": cmd,
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(wall, 1),
         "target_s": TARGET_S,
         "ratio_to_target": round(wall / TARGET_S, 3),
+        "stage_seconds": {**stages, "setup, loading and start-up": round(wall - sum(stages.values()), 1)},
         "data": data,
         "per_label": {k: v["tag_rate"] for k, v in per_label.items()},
         "checks": checks(per_label, "politics"),
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run kept: {clone / 'runs' / 'quickstart'}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({k: result[k] for k in ("per_label", "checks")}))
+    print(json.dumps({k: result[k] for k in ("stage_seconds", "per_label", "checks")}))
     print(f"quickstart wall time {wall / 60:.1f} min; ratio to the 10-minute target: {wall / TARGET_S:.2f}x")
     return 0
 

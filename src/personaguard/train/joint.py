@@ -165,6 +165,9 @@ def run(cfg: JointTrainConfig, source: str = "config") -> list[TrainResult]:
     model, tok, device = lora_for_training(first, names[0])
     for n in names[1:]:
         model.add_adapter(n, _lora_config(model.get_base_model(), first))
+    from .dropout import use_gap_dropout
+
+    use_gap_dropout(model)  # the members added here get PEFT's nn.Dropout too
     model.base_model.set_adapter(names)  # every member trainable when the optimiser collects its parameters
 
     train_feats = _features(train_rows, tok, first)
